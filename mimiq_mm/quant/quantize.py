@@ -1,0 +1,134 @@
+"""Quantizing a model in place, and the small API to switch and calibrate it.
+
+What is quantized (implementation notes): every nn.Linear and nn.Conv2d — patch embedding and
+heads included — on its weight (per output channel, symmetric min-max) and its input activation
+(per tensor), the packed q/k/v projection of mmseg's ViT attention, and both inputs of each
+attention matmul (q and k of q·kᵀ; probabilities and v of attn·v). LayerNorm, softmax, GELU and
+residual additions stay in floating point, and the raw image entering the first layer is not
+quantized.
+"""
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch.nn as nn
+
+from ..attention import AttentionCore, install_attention_capture
+from ..attention.adapters import PackedInProjection
+from .modules import to_quant_module
+from .quantizers import (ACT_QUANTIZERS, LSQActQuantizer, MinMaxActQuantizer, WeightQuantizer, _Quantizer,
+                         build_act_quantizer, check_bits)
+
+
+@dataclass
+class QuantConfig:
+    """Bit-widths and methods of a fake-quantized model.
+
+    Args:
+        w_bits (int): weight bits, 2–8.
+        a_bits (int): activation bits, 2–8 (attention matmul inputs included).
+        act_method (str): 'minmax' (EMA-calibrated) or 'lsq' (learnable step/offset).
+        keep_first_last_8bit (bool): keep the first and last layer at 8 bits.
+        quantize_attention (bool): quantize both inputs of both attention matmuls.
+        skip (Sequence[str]): regexes of module names left in floating point.
+    """
+    w_bits: int = 4
+    a_bits: int = 4
+    act_method: str = 'minmax'
+    keep_first_last_8bit: bool = False
+    quantize_attention: bool = True
+    skip: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        check_bits(self.w_bits, 'w_bits (weight bit-width)')
+        check_bits(self.a_bits, 'a_bits (activation bit-width)')
+        if self.act_method not in ACT_QUANTIZERS:
+            raise ValueError(f'act_method must be one of {sorted(ACT_QUANTIZERS)} (got {self.act_method!r})')
+
+    @classmethod
+    def from_any(cls, cfg):
+        if isinstance(cfg, cls):
+            return cfg
+        cfg = dict(cfg or {})
+        cfg.pop('type', None)
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f'unknown quantization options {sorted(unknown)}; '
+                             f'known: {sorted(cls.__dataclass_fields__)}')
+        return cls(**cfg)
+
+
+def _weight_layers(model):
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d, PackedInProjection))]
+
+
+def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
+    """Fake-quantize ``model`` in place according to ``cfg`` (a :class:`QuantConfig` or dict).
+
+    Module objects, parameters and state_dict keys of the float model are kept, so a float
+    checkpoint loads into the result; quantizer state adds keys of its own.
+    """
+    cfg = QuantConfig.from_any(cfg if cfg is not None else kwargs)
+    skip = [re.compile(p) for p in cfg.skip]
+    if cfg.quantize_attention:
+        install_attention_capture(model)
+    layers = [(n, m) for n, m in _weight_layers(model) if not any(p.search(n) for p in skip)]
+    first = layers[0][0] if layers else None
+    last = layers[-1][0] if layers else None
+    for name, module in layers:
+        edge = name in (first, last)
+        w_bits = 8 if edge and cfg.keep_first_last_8bit else cfg.w_bits
+        a_bits = 8 if edge and cfg.keep_first_last_8bit else cfg.a_bits
+        weight_q = WeightQuantizer(w_bits)
+        # The raw image entering the first layer stays in floating point.
+        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method)
+        if isinstance(module, PackedInProjection):
+            module.weight_quantizer, module.input_quantizer = weight_q, input_q
+        else:
+            to_quant_module(module, weight_q, input_q)
+    if cfg.quantize_attention:
+        for name, core in model.named_modules():
+            if isinstance(core, AttentionCore) and not any(p.search(name) for p in skip):
+                for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
+                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method))
+    model.__dict__['_mimiq_quant_cfg'] = cfg
+    return model
+
+
+def quant_config_of(model):
+    """The :class:`QuantConfig` a model was quantized with, or None."""
+    return getattr(model, 'module', model).__dict__.get('_mimiq_quant_cfg')
+
+
+def quantizers(model, kind=_Quantizer):
+    """All quantizer modules of ``model`` of type ``kind``."""
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+def set_quantization(model, weights=True, activations=True):
+    """Switch weight and activation fake quantization on or off."""
+    for q in quantizers(model):
+        q.enabled = weights if isinstance(q, WeightQuantizer) else activations
+    return model
+
+
+@contextmanager
+def calibration(model):
+    """Within this context, min-max quantizers observe every batch (EMA) and uninitialised LSQ
+    quantizers initialise from the first batch they see."""
+    observers = quantizers(model, (MinMaxActQuantizer, LSQActQuantizer))
+    for q in observers:
+        q.observing = True
+    try:
+        yield model
+    finally:
+        for q in observers:
+            q.observing = False
+
+
+def reset_activation_ranges(model):
+    """Forget calibrated ranges / LSQ initialisation, so the next calibration starts afresh."""
+    for q in quantizers(model, (MinMaxActQuantizer, LSQActQuantizer)):
+        q.initialized.fill_(False)
