@@ -12,7 +12,7 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 CACHE=${MIMIQ_WHEEL_CACHE:-$HOME/.cache/mimiq_mm/wheels}
 MMCV_VERSION=2.1.0
-STAMP="$VENV/.mimiq_stack_v1"
+STAMP="$VENV/.mimiq_stack_v2"
 
 if [ -f "$STAMP" ]; then
   exit 0
@@ -49,6 +49,8 @@ fi
 $PIP install -q "mmengine==0.10.7" "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpretrain==1.2.0" \
   "timm>=1.0.20,<1.1" "pytorch-msssim==1.0.0" ftfy regex "numpy<2" opencv-python-headless \
   scikit-learn matplotlib pytest pycocotools shapely terminaltables tensorboard
+# torch wants setuptools >= 77; mmengine still imports pkg_resources, gone after setuptools 80.
+$PIP install -q "setuptools>=77,<81"
 # mmcv declares opencv-python; the headless build provides the same cv2 module.
 $PIP install -q --no-deps -e .
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, mmseg, mmpretrain, timm, pytorch_msssim, mimiq_mm"

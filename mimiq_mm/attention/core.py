@@ -113,18 +113,26 @@ class AttentionCore(nn.Module):
 
     @property
     def quantized(self):
-        return not isinstance(self.prob_quantizer, nn.Identity)
+        # A disabled quantizer (set_quantization(..., activations=False)) counts as absent, so the
+        # core takes the same fused path as the float model and reproduces its outputs exactly.
+        return not isinstance(self.prob_quantizer, nn.Identity) and getattr(self.prob_quantizer, 'enabled', True)
 
-    def layout(self, num_tokens, batch_prime):
-        """The :class:`TokenLayout` of a call with ``num_tokens`` tokens and B' sequences."""
+    def layout(self, num_tokens, batch_prime, shifted=True):
+        """The :class:`TokenLayout` of a call with ``num_tokens`` tokens and B' sequences.
+
+        ``shifted=False`` marks a window call made without a shift mask: the block skipped its
+        shift for this input (mmpretrain's Swin does so once the feature map is no larger than
+        the window), so the layout reports (0, 0) rather than the configured shift.
+        """
         ctx = self.context
         if self.window_size is not None:
             per_image = 1
             if ctx is not None and ctx.batch_size:
                 per_image = max(1, batch_prime // ctx.batch_size)
+            shift = (self.shift_size or (0, 0)) if shifted else (0, 0)
             return TokenLayout(grid=self.window_size, num_prefix_tokens=num_tokens - self.window_size[0] *
                                self.window_size[1], window_size=self.window_size,
-                               shift_size=self.shift_size or (0, 0), windows_per_image=per_image)
+                               shift_size=shift, windows_per_image=per_image)
         grid = ctx.patch_grid if ctx is not None and ctx.patch_grid else None
         if grid is None or grid[0] * grid[1] > num_tokens:
             side = int((num_tokens - 1) ** 0.5)  # fallback: square grid after one class token
@@ -167,7 +175,7 @@ class AttentionCore(nn.Module):
         probs_q = self.prob_quantizer(probs)
         out = probs_q @ v
         if recorders:
-            layout = self.layout(q.shape[-2], q.shape[0])
+            layout = self.layout(q.shape[-2], q.shape[0], shifted=window_mask is not None)
             for rec in recorders:
                 rec.add(self.attn_name, layout, scores=scores, probs=probs, outputs=out)
         return out

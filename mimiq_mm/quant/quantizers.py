@@ -1,7 +1,8 @@
 """Uniform fake quantizers with straight-through gradients (MimiQ paper, Eq. 4).
 
 ``x_int = clamp(round(x / step + offset), q_min, q_max)`` and the fake-quantized value is
-``(x_int - offset) * step``. Rounding passes gradients straight through; clamping does not.
+``(x_int - offset) * step``. Rounding passes gradients straight through; clamping does not
+(values clipped beyond the range get no gradient).
 
 Three quantizers:
 
@@ -41,9 +42,18 @@ def grad_scale(x, scale):
 
 
 def fake_quantize(x, step, offset, q_min, q_max):
-    """Uniform fake quantization; ``step``/``offset`` broadcast against ``x``."""
-    x_int = torch.clamp(round_ste(x / step + offset), q_min, q_max)
-    return (x_int - offset) * step
+    """Uniform fake quantization; ``step``/``offset`` broadcast against ``x``.
+
+    The gradient w.r.t. ``x`` is 1 wherever ``x / step + offset`` lies in ``[q_min, q_max]``
+    (boundaries included) and 0 where it is clipped. Clamping happens before rounding (same
+    forward result for integer bounds): ``torch.clamp`` passes no gradient at a bound, so clamping
+    the rounded value would zero the gradient of the whole outermost bins (e.g. every weight that
+    rounds to the largest level).
+    """
+    z = x / step + offset
+    inside = (z >= q_min) & (z <= q_max)
+    z = torch.where(inside, z, z.detach().clamp(q_min, q_max))
+    return (round_ste(z) - offset) * step
 
 
 class _Quantizer(nn.Module):

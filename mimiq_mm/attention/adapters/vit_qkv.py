@@ -37,10 +37,18 @@ class TimmAttentionAdapter(AttentionAdapter):
             raise NotImplementedError('causal attention is not used by vision transformers')
         gate = module.gate(x).sigmoid() if getattr(module, 'gate', None) is not None else None
         q, k, v = split_heads(module.qkv(x), module.num_heads)
-        q, k = module.q_norm(q), module.k_norm(k)
+        # Older timm releases lack some of these submodules (q_norm/k_norm, norm, gate).
+        q_norm, k_norm = getattr(module, 'q_norm', None), getattr(module, 'k_norm', None)
+        if q_norm is not None:
+            q = q_norm(q)
+        if k_norm is not None:
+            k = k_norm(k)
         dropout = module.attn_drop.p if module.training else 0.0
         out = module.mimiq_core(q, k, v, module.scale, bias=additive_mask(attn_mask, q.dtype), dropout_p=dropout)
-        x = module.norm(merge_heads(out))
+        x = merge_heads(out)
+        norm = getattr(module, 'norm', None)
+        if norm is not None:
+            x = norm(x)
         if gate is not None:
             x = x * gate
         return module.proj_drop(module.proj(x))

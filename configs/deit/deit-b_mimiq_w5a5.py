@@ -1,0 +1,3 @@
+_base_ = ['./deit-b_mimiq_w4a4.py']
+
+model = dict(quant=dict(w_bits=5, a_bits=5))

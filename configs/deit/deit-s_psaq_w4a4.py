@@ -1,0 +1,5 @@
+# PSAQ-ViT baseline: patch-similarity-entropy synthesis, min-max PTQ calibrated on 32 images, no fine-tuning.
+_base_ = ['./deit-s_mimiq_w4a4.py']
+
+model = dict(had=None)
+train_cfg = dict(synthesis=dict(method='psaq', num_images=32), calibration_batches=2, max_iters=0)

@@ -1,0 +1,3 @@
+_base_ = ['./upernet_swin-s_mimiq_w4a4.py']
+
+model = dict(quant=dict(w_bits=4, a_bits=8))

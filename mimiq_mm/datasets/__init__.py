@@ -1,0 +1,4 @@
+from .augment import BatchAugment
+from .synthetic import SyntheticImageDataset
+
+__all__ = ['BatchAugment', 'SyntheticImageDataset']

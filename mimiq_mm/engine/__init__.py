@@ -1,0 +1,4 @@
+from .hooks import StudentExportHook
+from .loops import DataFreeQATLoop
+
+__all__ = ['DataFreeQATLoop', 'StudentExportHook']

@@ -1,0 +1,13 @@
+"""MimiQ losses: synthesis (L_IHC, L_CL, L_TV, PSAQ-ViT entropy) and fine-tuning (L_KL, L_HAD)."""
+from .distill import KLDistillLoss
+from .had import HAD_METRICS, HeadAttentionDistillLoss
+from .ihc import InterHeadCoherencyLoss, spatial_head_maps
+from .ssim import as_float32, global_ssim, minmax_normalize, pairwise_global_ssim
+from .synthesis import (ClassPriorLoss, PatchSimilarityEntropyLoss, TotalVariationLoss,
+                        kde_differential_entropy)
+from .utils import require_field, select_records
+
+__all__ = ['ClassPriorLoss', 'HAD_METRICS', 'HeadAttentionDistillLoss', 'InterHeadCoherencyLoss', 'KLDistillLoss',
+           'PatchSimilarityEntropyLoss', 'TotalVariationLoss', 'as_float32', 'global_ssim',
+           'kde_differential_entropy', 'minmax_normalize', 'pairwise_global_ssim', 'require_field',
+           'select_records', 'spatial_head_maps']

@@ -1,0 +1,163 @@
+"""Inter-head coherency loss L_IHC (MimiQ paper, Eq. 8-11)."""
+import torch
+import torch.nn as nn
+from pytorch_msssim import ssim as windowed_ssim
+
+from ..registry import MODELS
+from .ssim import DEFAULT_C1, DEFAULT_C2, global_ssim, minmax_normalize, pairwise_global_ssim
+from .utils import require_field, select_records
+
+
+def spatial_head_maps(record, eps=1e-8):
+    """Per-query head maps over spatial keys, min-max normalised per head.
+
+    Prefix tokens (class / distillation) are dropped as query and as key.
+
+    Args:
+        record (AttentionRecord): with ``scores`` (B', H, N, N).
+        eps (float): guard of the min-max division.
+
+    Returns:
+        Tensor: (B', Q, H, K) fp32 maps in [0, 1], Q = K = h·w spatial tokens in row-major
+        order of ``record.layout.grid``.
+    """
+    scores = require_field(record, 'scores')
+    layout = record.layout
+    prefix = layout.num_prefix_tokens
+    spatial = scores[:, :, prefix:, prefix:]
+    if spatial.shape[-1] != layout.num_spatial_tokens or spatial.shape[-2] != layout.num_spatial_tokens:
+        raise ValueError(f"record '{record.name}': scores {tuple(scores.shape)} do not match layout grid "
+                         f'{layout.grid} with {prefix} prefix tokens')
+    # (B', H, Q, K) -> (B', Q, H, K): the heads of one query are compared with each other.
+    return minmax_normalize(spatial.transpose(1, 2), dim=-1, eps=eps)
+
+
+@MODELS.register_module()
+class InterHeadCoherencyLoss(nn.Module):
+    """L_IHC = 1/(L·Q) Σ_l Σ_q (1 - D_{l,q}),  D_q = 1/H² Σ_i Σ_j f(SSIM(A_{q,i}, A_{q,j})).
+
+    ``A_{q,i}`` is head i's pre-softmax score row of spatial query q over the spatial keys,
+    min-max normalised. The loss is also averaged over the batch (B' sequences; Swin windows
+    count as sequences).
+
+    Args:
+        similarity (str): f: ``'abs'`` = |SSIM| (paper) or ``'squared'`` = SSIM² (code lineage).
+            Both score an inverted map as similar.
+        ssim (str): ``'global'`` (whole-map statistics, C1 = 0.01², C2 = 0.03²; batched over all
+            head pairs) or ``'windowed'`` (Gaussian-window SSIM of pytorch_msssim on the maps
+            reshaped to the (h, w) grid, data range 1).
+        layers (Sequence[int] | None): indices into the record list (negatives allowed); None = all.
+        impl (str): ``'fast'`` (vectorised) or ``'reference'`` (explicit loops over head pairs,
+            for testing).
+        win_size (int): odd Gaussian window side for ``ssim='windowed'``; must not exceed the
+            grid's smaller side (3 fits 4×4 grids and Swin's 7×7 windows).
+        win_sigma (float): Gaussian sigma for ``ssim='windowed'``.
+        c1, c2 (float): SSIM constants (the windowed path uses K = (√c1, √c2), data range 1).
+        eps (float): guard of the min-max normalisation.
+        max_chunk_elements (int): the windowed path processes queries in chunks so that the
+            expanded head-pair tensor stays below this many elements.
+        loss_weight (float): multiplies the result.
+    """
+
+    def __init__(self, similarity='abs', ssim='global', layers=None, impl='fast', win_size=3, win_sigma=1.5,
+                 c1=DEFAULT_C1, c2=DEFAULT_C2, eps=1e-8, max_chunk_elements=2 ** 25, loss_weight=1.0):
+        super().__init__()
+        if similarity not in ('abs', 'squared'):
+            raise ValueError(f"similarity must be 'abs' or 'squared', got {similarity!r}")
+        if ssim not in ('global', 'windowed'):
+            raise ValueError(f"ssim must be 'global' or 'windowed', got {ssim!r}")
+        if impl not in ('fast', 'reference'):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        if win_size < 1 or win_size % 2 == 0:
+            raise ValueError(f'win_size must be a positive odd number, got {win_size}')
+        self.similarity = similarity
+        self.ssim = ssim
+        self.layers = None if layers is None else list(layers)
+        self.impl = impl
+        self.win_size = int(win_size)
+        self.win_sigma = float(win_sigma)
+        self.c1 = float(c1)
+        self.c2 = float(c2)
+        self.eps = float(eps)
+        self.max_chunk_elements = int(max_chunk_elements)
+        self.loss_weight = loss_weight
+
+    def extra_repr(self):
+        return (f'similarity={self.similarity}, ssim={self.ssim}, layers={self.layers}, impl={self.impl}, '
+                f'loss_weight={self.loss_weight}')
+
+    def _f(self, s):
+        return s.abs() if self.similarity == 'abs' else s.pow(2)
+
+    def forward(self, records):
+        """
+        Args:
+            records (list[AttentionRecord]): with ``scores`` (B', H, N, N).
+
+        Returns:
+            Tensor: scalar loss.
+        """
+        selected = select_records(records, self.layers)
+        if not selected:
+            raise ValueError('InterHeadCoherencyLoss got no attention records')
+        layer_fn = self._layer_loss_fast if self.impl == 'fast' else self._layer_loss_reference
+        per_layer = torch.stack([layer_fn(record) for record in selected])
+        return self.loss_weight * per_layer.mean()
+
+    def _check_window(self, grid):
+        if self.win_size > min(grid):
+            raise ValueError(f'win_size={self.win_size} does not fit the token grid {tuple(grid)}; '
+                             'choose a smaller odd win_size')
+
+    def _windowed_pair_ssim(self, x, y, grid):
+        """x, y: (M, h·w) maps -> (M,) Gaussian-window SSIM."""
+        h, w = grid
+        k = (self.c1 ** 0.5, self.c2 ** 0.5)
+        return windowed_ssim(x.reshape(-1, 1, h, w), y.reshape(-1, 1, h, w), data_range=1.0, size_average=False,
+                             win_size=self.win_size, win_sigma=self.win_sigma, K=k)
+
+    # -- vectorised path ------------------------------------------------------------------------
+    def _layer_loss_fast(self, record):
+        maps = spatial_head_maps(record, self.eps)            # (B', Q, H, K)
+        num_heads = maps.shape[2]
+        if self.ssim == 'global':
+            sim = pairwise_global_ssim(maps, self.c1, self.c2)  # (B', Q, H, H)
+            coherency = self._f(sim).mean(dim=(-2, -1))          # D_q: (B', Q)
+            return (1 - coherency).mean()
+
+        grid = record.layout.grid
+        self._check_window(grid)
+        flat = maps.reshape(-1, num_heads, maps.shape[-1])     # (M, H, K), M = B'·Q
+        if num_heads == 1:
+            return flat.sum() * 0  # a single head is trivially coherent; keep the graph
+        # SSIM is symmetric and SSIM(x, x) = 1, so only the H(H-1)/2 pairs i < j are evaluated:
+        # D_q = (H·f(1) + 2 Σ_{i<j} f(SSIM_ij)) / H², with f(1) = 1 for both options.
+        idx_i, idx_j = torch.triu_indices(num_heads, num_heads, offset=1, device=flat.device)
+        num_pairs = idx_i.numel()
+        chunk = max(1, self.max_chunk_elements // (num_pairs * flat.shape[-1]))
+        pair_sums = []
+        for start in range(0, flat.shape[0], chunk):
+            part = flat[start:start + chunk]
+            sim = self._windowed_pair_ssim(part[:, idx_i], part[:, idx_j], grid)  # (m·P,)
+            pair_sums.append(self._f(sim).view(part.shape[0], num_pairs).sum(dim=-1))
+        coherency = (num_heads + 2 * torch.cat(pair_sums)) / num_heads ** 2
+        return (1 - coherency).mean()
+
+    # -- reference path: explicit loops over head pairs ----------------------------------------
+    def _layer_loss_reference(self, record):
+        maps = spatial_head_maps(record, self.eps)            # (B', Q, H, K)
+        batch, queries, num_heads, _ = maps.shape
+        if self.ssim == 'windowed':
+            self._check_window(record.layout.grid)
+        total = 0
+        for i in range(num_heads):
+            for j in range(num_heads):
+                a, b = maps[:, :, i, :], maps[:, :, j, :]
+                if self.ssim == 'global':
+                    s = global_ssim(a, b, self.c1, self.c2, dim=-1)
+                else:
+                    s = self._windowed_pair_ssim(a.reshape(batch * queries, -1), b.reshape(batch * queries, -1),
+                                                 record.layout.grid).view(batch, queries)
+                total = total + self._f(s)
+        coherency = total / num_heads ** 2
+        return (1 - coherency).mean()

@@ -1,0 +1,185 @@
+"""Image-synthesis losses: total variation (L_TV), class prior (L_CL) and PSAQ-ViT's patch
+similarity entropy (baseline)."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import MODELS
+from .ssim import as_float32
+from .utils import require_field, select_records
+
+
+def _neighbour_differences(images):
+    """Differences to the right, down, down-right and down-left neighbours of (B, C, H, W)."""
+    return (images[:, :, :, 1:] - images[:, :, :, :-1],
+            images[:, :, 1:, :] - images[:, :, :-1, :],
+            images[:, :, 1:, 1:] - images[:, :, :-1, :-1],
+            images[:, :, 1:, :-1] - images[:, :, :-1, 1:])
+
+
+@MODELS.register_module()
+class TotalVariationLoss(nn.Module):
+    """Total variation over right, down and both diagonal neighbours (paper Eq. 6).
+
+    Reductions:
+
+    * ``'sum'`` (default): squared differences summed per image (all channels, pixels and the
+      four directions), then averaged over the batch; the magnitude β = 2.5e-5 is tuned for.
+    * ``'mean'``: mean squared difference of each direction, summed over the four directions.
+    * ``'norm'``: DeepInversion-style Σ_directions ‖diff‖₂ (L2 norms of the whole batch tensor,
+      not squared).
+
+    Args:
+        reduction (str): 'sum', 'mean' or 'norm'.
+        loss_weight (float): multiplies the result (β of Eq. 10).
+    """
+
+    def __init__(self, reduction='sum', loss_weight=1.0):
+        super().__init__()
+        if reduction not in ('sum', 'mean', 'norm'):
+            raise ValueError(f"reduction must be 'sum', 'mean' or 'norm', got {reduction!r}")
+        self.reduction = reduction
+        self.loss_weight = loss_weight
+
+    def extra_repr(self):
+        return f'reduction={self.reduction}, loss_weight={self.loss_weight}'
+
+    def forward(self, images):
+        """
+        Args:
+            images (Tensor): (B, C, H, W).
+
+        Returns:
+            Tensor: scalar loss.
+        """
+        diffs = _neighbour_differences(as_float32(images))
+        if self.reduction == 'sum':
+            loss = sum(d.pow(2).flatten(1).sum(dim=1) for d in diffs).mean()
+        elif self.reduction == 'mean':
+            loss = sum(d.pow(2).mean() for d in diffs)
+        else:
+            loss = sum(d.norm() for d in diffs)
+        return self.loss_weight * loss
+
+
+@MODELS.register_module()
+class ClassPriorLoss(nn.Module):
+    """Cross entropy towards a target class per image (L_CL of Eq. 10).
+
+    Classification logits (B, C) use the targets (B,) directly. Dense logits (B, C, H, W) (a
+    segmentor teacher) broadcast each image's target class to every pixel and average the
+    per-pixel cross entropy.
+
+    Args:
+        loss_weight (float): multiplies the result (α of Eq. 10).
+    """
+
+    def __init__(self, loss_weight=1.0):
+        super().__init__()
+        self.loss_weight = loss_weight
+
+    def forward(self, logits, targets):
+        """
+        Args:
+            logits (Tensor): (B, C) or (B, C, *spatial).
+            targets (Tensor): (B,) integer class indices.
+
+        Returns:
+            Tensor: scalar loss.
+        """
+        logits = as_float32(logits)
+        targets = targets.long()
+        if logits.dim() > 2:
+            targets = targets.view(-1, *([1] * (logits.dim() - 2))).expand(logits.shape[0], *logits.shape[2:])
+        return self.loss_weight * F.cross_entropy(logits, targets)
+
+
+def kde_differential_entropy(samples, bandwidth=0.01, num_points=200, eps=1e-10):
+    """Differential entropy per row, from a Gaussian kernel density evaluated on a grid.
+
+    The grid spans the minimum to the maximum of all samples (all rows share it); the density is
+    p(x) = 1/(P·h·√(2π)) Σ_k exp(-(x - s_k)² / (2h²)), and H ≈ -Σ_x p(x) log(p(x) + eps) · Δx.
+
+    Args:
+        samples (Tensor): (B, P) samples per row.
+        bandwidth (float): kernel standard deviation h.
+        num_points (int): grid points.
+        eps (float): inside the log, so empty grid regions give finite gradients.
+
+    Returns:
+        Tensor: (B,) entropies.
+    """
+    samples = as_float32(samples)
+    low, high = samples.min().detach(), samples.max().detach()
+    grid = low + (high - low) * torch.linspace(0, 1, num_points, device=samples.device, dtype=samples.dtype)
+    step = (high - low) / (num_points - 1)
+    z = (grid.view(1, -1, 1) - samples.unsqueeze(1)) / bandwidth                 # (B, G, P)
+    density = torch.exp(-0.5 * z.pow(2)).sum(dim=-1) / (samples.shape[-1] * bandwidth * math.sqrt(2 * math.pi))
+    return -(density * torch.log(density + eps)).sum(dim=-1) * step
+
+
+@MODELS.register_module()
+class PatchSimilarityEntropyLoss(nn.Module):
+    """PSAQ-ViT's synthesis objective: maximise the entropy of patch similarities.
+
+    For each record: head outputs (B', H, N, D) are averaged over heads, prefix tokens dropped,
+    and the cosine similarities between the remaining N' patch tokens form (B', N', N'). The
+    distinct pairs i < j (self-similarity is always 1 and the matrix is symmetric) are the
+    samples of a per-image Gaussian KDE (bandwidth 0.01) evaluated on ``num_points`` points
+    between the batch's minimum and maximum similarity; loss = -Σ_blocks mean_batch H.
+
+    ``num_points`` defaults to 200, so the grid step stays below the bandwidth for the similarity
+    ranges typical of ViT tokens (spread < 2). The KDE costs B'·P·num_points, so at most
+    ``max_pairs`` pairs (a random subset, shared by the batch) are used per block.
+
+    Args:
+        bandwidth (float): KDE kernel width.
+        num_points (int): density grid points.
+        max_pairs (int | None): cap on similarity pairs per image; None = all.
+        layers (Sequence[int] | None): indices into the record list (negatives allowed).
+        loss_weight (float): multiplies the result.
+    """
+
+    def __init__(self, bandwidth=0.01, num_points=200, max_pairs=4096, layers=None, loss_weight=1.0):
+        super().__init__()
+        if num_points < 2:
+            raise ValueError(f'num_points must be at least 2, got {num_points}')
+        self.bandwidth = float(bandwidth)
+        self.num_points = int(num_points)
+        self.max_pairs = max_pairs
+        self.layers = None if layers is None else list(layers)
+        self.loss_weight = loss_weight
+
+    def extra_repr(self):
+        return (f'bandwidth={self.bandwidth}, num_points={self.num_points}, max_pairs={self.max_pairs}, '
+                f'loss_weight={self.loss_weight}')
+
+    def patch_similarities(self, record):
+        """(B', P) cosine similarities of the distinct patch-token pairs of one record."""
+        outputs = as_float32(require_field(record, 'outputs'))            # (B', H, N, D)
+        tokens = outputs.mean(dim=1)[:, record.layout.num_prefix_tokens:]  # (B', N', D)
+        tokens = F.normalize(tokens, dim=-1)
+        sim = tokens @ tokens.transpose(-1, -2)                            # (B', N', N')
+        num_tokens = sim.shape[-1]
+        idx_i, idx_j = torch.triu_indices(num_tokens, num_tokens, offset=1, device=sim.device)
+        if self.max_pairs is not None and idx_i.numel() > self.max_pairs:
+            keep = torch.randperm(idx_i.numel(), device=sim.device)[:self.max_pairs]
+            idx_i, idx_j = idx_i[keep], idx_j[keep]
+        return sim[:, idx_i, idx_j]
+
+    def forward(self, records):
+        """
+        Args:
+            records (list[AttentionRecord]): with ``outputs`` (B', H, N, D).
+
+        Returns:
+            Tensor: scalar loss.
+        """
+        selected = select_records(records, self.layers)
+        if not selected:
+            raise ValueError('PatchSimilarityEntropyLoss got no attention records')
+        entropies = [kde_differential_entropy(self.patch_similarities(r), self.bandwidth, self.num_points).mean()
+                     for r in selected]
+        return -self.loss_weight * torch.stack(entropies).sum()

@@ -1,0 +1,229 @@
+"""Teacher (frozen, full precision) + student (its fake-quantized copy) as one mmengine model.
+
+``forward(mode='loss')`` returns the fine-tuning losses L_T = L_KL + γ·L_HAD (paper Eq. 13), so
+mmengine's standard ``train_step`` — and DDP — work unchanged; ``val_step``/``test_step``
+evaluate the student with the task model's own data pipeline and evaluator.
+"""
+import copy
+import os
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmengine.logging import print_log
+from mmengine.model import BaseDataPreprocessor, BaseModel
+from mmengine.registry import MODELS as ROOT_MODELS
+
+from ..attention import AttentionRecorder, install_attention_capture
+from ..datasets.augment import BatchAugment
+from ..losses import HeadAttentionDistillLoss
+from ..quant import QuantConfig, calibration, quantize_model, quantizers
+from ..registry import MODELS
+from ..utils.checkpoint import load_checkpoint_file
+from .tasks import build_task
+
+SYNTHETIC_KEY = 'pixels'
+
+
+@MODELS.register_module()
+class DistillDataPreprocessor(BaseDataPreprocessor):
+    """Normalises synthetic batches itself and hands real (OpenMMLab-format) batches to the task
+    model's own preprocessor.
+
+    A synthetic batch is ``dict(pixels=uint8 (B, 3, H, W) RGB, label=(B,))``; it comes out as
+    ``dict(inputs=normalised float (B, 3, H, W), data_samples=None)``, augmented when training.
+    """
+
+    def __init__(self, task_preprocessor: nn.Module, augment: Optional[dict] = None):
+        super().__init__()
+        self.task_preprocessor = task_preprocessor
+        self.augment = BatchAugment(**augment) if augment is not None else None
+        mean = getattr(task_preprocessor, 'mean', None)
+        std = getattr(task_preprocessor, 'std', None)
+        self.register_buffer('pixel_mean', (mean if mean is not None else torch.zeros(3, 1, 1)).float().clone(),
+                             persistent=False)
+        self.register_buffer('pixel_std', (std if std is not None else torch.full((3, 1, 1), 255.)).float().clone(),
+                             persistent=False)
+
+    def forward(self, data, training=False):
+        if isinstance(data, dict) and SYNTHETIC_KEY in data:
+            x = data[SYNTHETIC_KEY].to(self.pixel_mean.device).float() / 255.0
+            if training and self.augment is not None:
+                x = self.augment(x)
+            x = (x * 255.0 - self.pixel_mean) / self.pixel_std
+            return dict(inputs=x, data_samples=None)
+        return self.task_preprocessor(data, training)
+
+
+@MODELS.register_module()
+class QuantDistiller(BaseModel):
+    """Args:
+        architecture (dict): config of the full-precision task model (mmpretrain classifier,
+            mmseg segmentor, mmdet detector), as in the base config's ``model``.
+        teacher_checkpoint (str | None): path (or URL) of the teacher's weights. Required for
+            training unless ``allow_random_teacher`` (tests only).
+        quant (dict): :class:`mimiq_mm.quant.QuantConfig` options (w_bits, a_bits, act_method…).
+        kd (dict): output distillation, ``temperature`` and ``loss_weight``.
+        had (dict | None): :class:`HeadAttentionDistillLoss` options (``metric``, ``loss_weight`` =
+            γ); None or loss_weight 0 disables L_HAD.
+        task (str | dict): 'auto', 'classification', 'segmentation' or 'detection', or
+            ``dict(type=<one of these>, **adapter options)`` (see :func:`build_task`).
+        augment (dict | None): :class:`BatchAugment` options for synthetic batches.
+        data_preprocessor (dict | None): the task model's preprocessor (filled from the base
+            config by the runner).
+    """
+
+    def __init__(self, architecture: dict, teacher_checkpoint: Optional[str] = None, quant: Optional[dict] = None,
+                 kd: Optional[dict] = None, had: Optional[dict] = None, task: str = 'auto',
+                 augment: Optional[dict] = None, allow_random_teacher: bool = False,
+                 data_preprocessor: Optional[dict] = None, init_cfg=None):
+        architecture = copy.deepcopy(architecture)
+        if data_preprocessor is not None:
+            architecture.setdefault('data_preprocessor', copy.deepcopy(data_preprocessor))
+        teacher = ROOT_MODELS.build(architecture) if isinstance(architecture, dict) else architecture
+        super().__init__(init_cfg=init_cfg,
+                         data_preprocessor=DistillDataPreprocessor(
+                             getattr(teacher, 'data_preprocessor', nn.Identity()), augment))
+        self.task = build_task(teacher, task)
+        install_attention_capture(teacher)
+        self.quant_cfg = QuantConfig.from_any(quant)
+        student = copy.deepcopy(teacher)
+        quantize_model(student, self.quant_cfg)
+        self.teacher = teacher
+        self.student = student
+        self._freeze_teacher()
+        self.teacher_checkpoint = teacher_checkpoint
+        self.allow_random_teacher = allow_random_teacher
+        kd = dict(dict(temperature=1.0, loss_weight=1.0), **(kd or {}))
+        self.kd_temperature, self.kd_weight = kd['temperature'], kd['loss_weight']
+        had = dict(had or {})
+        self.had_loss = HeadAttentionDistillLoss(**had) if had.get('loss_weight', 1.0) > 0 and had else None
+        self._register_load_state_dict_pre_hook(self._route_plain_state_dict)
+
+    # ------------------------------------------------------------------ set-up
+    def _freeze_teacher(self):
+        self.teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never leaves eval mode (dropout, BN)
+        return self
+
+    def init_weights(self):
+        """Load the teacher checkpoint and copy it into the student (called by the runner)."""
+        ckpt = self.teacher_checkpoint
+        if ckpt is None:
+            if not self.allow_random_teacher:
+                raise ValueError('no teacher checkpoint: set model.teacher_checkpoint to the full-precision '
+                                 'checkpoint (path or URL) of the model to quantize')
+            print_log('QuantDistiller: using a randomly initialised teacher (allow_random_teacher=True)',
+                      logger='current', level=30)
+        else:
+            if not (os.path.isfile(ckpt) or '://' in ckpt):
+                raise FileNotFoundError(f'teacher checkpoint {ckpt!r} not found; set model.teacher_checkpoint to '
+                                        'an existing file (e.g. --cfg-options model.teacher_checkpoint=PATH)')
+            state = load_checkpoint_file(ckpt) if os.path.isfile(ckpt) else _load_url(ckpt)
+            state = state.get('state_dict', state.get('model', state))
+            missing, unexpected = self.teacher.load_state_dict(_strip_prefix(state, self.teacher), strict=False)
+            if missing:
+                raise ValueError(f'teacher checkpoint {ckpt} does not fit model.architecture: '
+                                 f'{len(missing)} missing keys, e.g. {missing[:5]}; check the config and checkpoint')
+            if unexpected:
+                print_log(f'teacher checkpoint: ignored {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}',
+                          logger='current', level=30)
+        self.student.load_state_dict(self.teacher.state_dict(), strict=False)
+        self._freeze_teacher()
+
+    @staticmethod
+    def _route_plain_state_dict(state_dict, prefix, *args):
+        """Let a plain task-model checkpoint (e.g. a student-only export or an FP checkpoint) load
+        into the student."""
+        own = [k for k in state_dict if k.startswith(prefix)]
+        if own and not any(k[len(prefix):].startswith(('student.', 'teacher.')) for k in own):
+            for key in own:
+                state_dict[f'{prefix}student.{key[len(prefix):]}'] = state_dict.pop(key)
+
+    # ------------------------------------------------------------------ quantizers
+    @torch.no_grad()
+    def calibrate(self, batches):
+        """Initialise activation quantizers on ``batches`` of preprocessed inputs (B, 3, H, W)."""
+        was_training = self.student.training
+        self.student.eval()
+        with calibration(self.student):
+            for inputs in batches:
+                self.task.forward_tensor(self.student, inputs)
+        self.student.train(was_training)
+
+    def quantizers_initialized(self):
+        flags = [bool(q.initialized) for q in quantizers(self.student) if hasattr(q, 'initialized')]
+        return bool(flags) and all(flags)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        if mode == 'loss':
+            return self.distill_losses(inputs)
+        if mode == 'tensor':
+            return self.task.forward_tensor(self.student, inputs)
+        if mode == 'predict':
+            return self.student(inputs, data_samples, mode='predict')
+        raise RuntimeError(f'Invalid mode "{mode}"')
+
+    def distill_losses(self, inputs):
+        """L_T on normalised ``inputs`` (B, 3, H, W): {'loss_kd', 'loss_had'}."""
+        fields = ('outputs',) if self.had_loss is not None else ()
+        with torch.no_grad():
+            with AttentionRecorder(self.teacher, fields=fields, detach=True) if fields else _Nothing() as t_rec:
+                teacher_out = self.task.forward_tensor(self.teacher, inputs)
+        # A task may run the student on the teacher's intermediate results (the detector's
+        # proposals) through ``forward_student(model, inputs, teacher_outputs)``.
+        forward_student = getattr(self.task, 'forward_student', None)
+        with AttentionRecorder(self.student, fields=fields) if fields else _Nothing() as s_rec:
+            if forward_student is not None:
+                student_out = forward_student(self.student, inputs, teacher_out)
+            else:
+                student_out = self.task.forward_tensor(self.student, inputs)
+        losses = {}
+        kd = self.task.distill_loss(student_out, teacher_out, temperature=self.kd_temperature)
+        if isinstance(kd, dict):
+            losses.update({k: self.kd_weight * v for k, v in kd.items()})
+        else:
+            losses['loss_kd'] = self.kd_weight * kd
+        if self.had_loss is not None:
+            losses['loss_had'] = self.had_loss(t_rec.records, s_rec.records)
+        return losses
+
+    def val_step(self, data):
+        return self.student.val_step(data)
+
+    def test_step(self, data):
+        return self.student.test_step(data)
+
+    def student_state_dict(self):
+        """The student's weights and quantizer state, with the task model's own keys."""
+        return self.student.state_dict()
+
+
+class _Nothing:
+    records = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _strip_prefix(state, model):
+    """Drop a wrapper prefix ('module.', 'teacher.', 'student.') that the model's keys lack."""
+    keys = set(model.state_dict())
+    for prefix in ('module.', 'teacher.', 'student.'):
+        if not any(k in keys for k in state) and any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def _load_url(url):
+    from mmengine.runner import CheckpointLoader
+    return CheckpointLoader.load_checkpoint(url, map_location='cpu')

@@ -1,0 +1,170 @@
+"""The data-free pipeline for classification, driven by configs through tools/train.py and
+tools/test.py as a user runs it: synthesis -> calibration -> fine-tuning -> evaluation,
+checkpoints, resuming, the student export, distributed CPU runs and bad input."""
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip('mmpretrain')
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join(ROOT, 'tests', 'configs', 'tiny_cls_mimiq.py')
+NUM_CLASSES = 4
+
+
+def make_image_folder(root, per_class=3, size=16, seed=0):
+    """A tiny ImageFolder of random images: <root>/test/<class>/<i>.png."""
+    rng = np.random.default_rng(seed)
+    for c in range(NUM_CLASSES):
+        folder = osp.join(root, 'test', str(c))
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(osp.join(folder, f'{i}.png'))
+    return root
+
+
+def make_teacher_checkpoint(path):
+    """A random tiny timm ViT matching the test config, saved as a plain state_dict.
+
+    Weights are drawn at unit fan-in scale (not timm's 0.02) so activations are O(1) like in a
+    trained model; with timm's init they are ~0.02 and any update swamps them.
+    """
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=16, patch_size=4, embed_dim=24,
+                              depth=2, num_heads=3, mlp_ratio=2.0, num_classes=NUM_CLASSES)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1 or 'embed' in name or 'token' in name:
+                param.normal_(0, param.shape[-1] ** -0.5)
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(note=np.float64(1.0))), path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp('cls')
+    data = make_image_folder(str(root / 'data'))
+    ckpt = make_teacher_checkpoint(str(root / 'teacher.pth'))
+    return dict(root=root, data=data, ckpt=ckpt)
+
+
+def data_options(data):
+    return [f'{loader}.dataset.data_root={data}' for loader in ('train_dataloader', 'val_dataloader',
+                                                                 'test_dataloader')]
+
+
+def run_tool(args, timeout=600, launcher_prefix=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    cmd = (launcher_prefix or [sys.executable]) + args
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return proc
+
+
+def train(assets, work_dir, *options, extra_args=()):
+    return run_tool([osp.join(ROOT, 'tools', 'train.py'), CONFIG, '--work-dir', str(work_dir), *extra_args,
+                     '--cfg-options', f'model.teacher_checkpoint={assets["ckpt"]}', *data_options(assets['data']),
+                     *options])
+
+
+def scalars(work_dir):
+    """All scalar log lines of a run (mmengine's vis_data/scalars.json), in order."""
+    rows = []
+    for path in sorted(glob.glob(osp.join(str(work_dir), '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
+    return rows
+
+
+@pytest.fixture(scope='module')
+def trained(assets):
+    work_dir = assets['root'] / 'run'
+    proc = train(assets, work_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dict(work_dir=work_dir, log=proc.stdout + proc.stderr)
+
+
+def test_train_runs_every_stage(trained):
+    work_dir = trained['work_dir']
+    with open(work_dir / 'synthetic_mimiq' / 'manifest.json') as f:
+        manifest = json.load(f)
+    assert manifest['num_images'] == 8 and manifest['settings']['method'] == 'mimiq'
+    assert all(osp.isfile(work_dir / 'synthetic_mimiq' / im['file']) for im in manifest['images'])
+    assert set(im['label'] for im in manifest['images']) <= set(range(NUM_CLASSES))
+    assert 'ihc' in manifest['batches']['0']['losses']
+    assert 'calibrated activation quantizers' in trained['log']
+    rows = scalars(work_dir)
+    train_rows = [r for r in rows if 'loss' in r]
+    assert [r['iter'] for r in train_rows] == list(range(1, 11))
+    assert all('loss_kd' in r and 'loss_had' in r for r in train_rows)
+    assert any('accuracy/top1' in r for r in rows), 'validation did not run'
+    assert osp.isfile(work_dir / 'iter_10.pth')
+    assert osp.isfile(work_dir / 'student_w4a4.pth')
+
+
+def test_fine_tuning_reduces_the_loss(trained):
+    losses = [r['loss'] for r in scalars(trained['work_dir']) if 'loss' in r]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_resume_continues_and_reuses_the_synthetic_set(assets, trained):
+    proc = train(assets, trained['work_dir'], 'train_cfg.max_iters=12', extra_args=['--resume'])
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert 'using the finished synthetic set' in log
+    assert 'resumed' in log.lower()
+    iters = [r['iter'] for r in scalars(trained['work_dir']) if 'loss' in r]
+    assert iters[-2:] == [11, 12]
+    assert osp.isfile(trained['work_dir'] / 'iter_12.pth')
+
+
+def test_student_export_evaluates_with_tools_test(assets, trained):
+    ckpt = str(trained['work_dir'] / 'student_w4a4.pth')
+    state = torch.load(ckpt, map_location='cpu', weights_only=True)
+    assert state['meta']['quant']['w_bits'] == 4
+    assert any(k.endswith('input_quantizer.step') for k in state['state_dict'])
+    proc = run_tool([osp.join(ROOT, 'tools', 'test.py'), CONFIG, ckpt, '--work-dir',
+                     str(assets['root'] / 'test_run'), '--cfg-options', *data_options(assets['data'])])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'accuracy/top1' in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize('option, message', [
+    ('train_cfg.synthesis.method=dream', 'unknown synthesis method'),
+    ('model.quant.w_bits=9', 'from 2 to 8'),
+    ('model.quant.a_bits=1', 'from 2 to 8'),
+    ('model.teacher_checkpoint=/nonexistent/teacher.pth', 'teacher checkpoint'),
+    ('train_cfg.synthesis.image_size=18', 'does not fit the teacher backbone'),
+])
+def test_bad_input_fails_with_a_clear_message(assets, tmp_path, option, message):
+    proc = train(assets, tmp_path / 'bad', option)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_two_process_cpu_run_shards_synthesis_and_syncs_quantizers(assets, tmp_path):
+    work_dir = tmp_path / 'dist'
+    launcher = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29533']
+    proc = run_tool([osp.join(ROOT, 'tests', 'dist_train_and_dump.py'), CONFIG, str(work_dir),
+                     f'model.teacher_checkpoint={assets["ckpt"]}', *data_options(assets['data']),
+                     'train_cfg.synthesis.num_images=12', 'train_cfg.max_iters=2'],
+                    launcher_prefix=launcher)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(work_dir / 'synthetic_mimiq' / 'manifest.json') as f:
+        manifest = json.load(f)
+    files = [im['file'] for im in manifest['images']]
+    assert len(files) == 12 and len(set(files)) == 12
+    ranks = {rec['rank'] for rec in manifest['batches'].values()}
+    assert ranks == {0, 1}, 'both ranks should have synthesised batches'
+    states = [torch.load(work_dir / f'quantizers_rank{r}.pt', weights_only=True) for r in (0, 1)]
+    assert states[0].keys() == states[1].keys() and states[0]
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key

@@ -1,0 +1,454 @@
+"""Tests of mimiq_mm.losses (CPU, small inputs)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mimiq_mm.attention.core import AttentionRecord, TokenLayout
+from mimiq_mm.losses import (ClassPriorLoss, HeadAttentionDistillLoss, InterHeadCoherencyLoss, KLDistillLoss,
+                             PatchSimilarityEntropyLoss, TotalVariationLoss, global_ssim, minmax_normalize,
+                             pairwise_global_ssim)
+from mimiq_mm.registry import MODELS
+
+
+def scores_record(scores, grid, prefix, window=False, name='blk'):
+    layout = TokenLayout(grid=tuple(grid), num_prefix_tokens=prefix,
+                         window_size=tuple(grid) if window else None, shift_size=(0, 0) if window else None)
+    return AttentionRecord(name=name, layout=layout, scores=scores)
+
+
+def outputs_record(outputs, grid, prefix, name='blk'):
+    return AttentionRecord(name=name, layout=TokenLayout(grid=tuple(grid), num_prefix_tokens=prefix),
+                           outputs=outputs)
+
+
+def random_scores(batch, heads, grid, prefix, seed=0, dtype=torch.float32):
+    n = prefix + grid[0] * grid[1]
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, heads, n, n, generator=g, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# SSIM helpers
+# ---------------------------------------------------------------------------------------------
+
+def test_global_ssim_matches_textbook_formula():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(7, generator=g, dtype=torch.float64), torch.rand(7, generator=g, dtype=torch.float64)
+    n = len(x)
+    mx, my = sum(x.tolist()) / n, sum(y.tolist()) / n
+    vx = sum((a - mx) ** 2 for a in x.tolist()) / n
+    vy = sum((b - my) ** 2 for b in y.tolist()) / n
+    cxy = sum((a - mx) * (b - my) for a, b in zip(x.tolist(), y.tolist())) / n
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    expected = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    assert global_ssim(x, y).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_pairwise_global_ssim_equals_pair_by_pair():
+    maps = torch.rand(2, 3, 5, 11, dtype=torch.float64)
+    pairwise = pairwise_global_ssim(maps)
+    assert pairwise.shape == (2, 3, 5, 5)
+    for i in range(5):
+        for j in range(5):
+            torch.testing.assert_close(pairwise[..., i, j], global_ssim(maps[..., i, :], maps[..., j, :]))
+    torch.testing.assert_close(pairwise.diagonal(dim1=-2, dim2=-1), torch.ones(2, 3, 5, dtype=torch.float64))
+
+
+def test_minmax_normalize_range():
+    x = torch.randn(4, 9) * 50 + 3
+    y = minmax_normalize(x, dim=-1)
+    torch.testing.assert_close(y.amin(-1), torch.zeros(4))
+    torch.testing.assert_close(y.amax(-1), torch.ones(4), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# L_IHC
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('similarity', ['abs', 'squared'])
+@pytest.mark.parametrize('ssim', ['global', 'windowed'])
+def test_ihc_identical_heads_near_zero(similarity, ssim):
+    base = random_scores(2, 1, (5, 4), prefix=1)
+    record = scores_record(base.expand(-1, 4, -1, -1), (5, 4), 1)
+    loss = InterHeadCoherencyLoss(similarity=similarity, ssim=ssim)([record])
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize('similarity', ['abs', 'squared'])
+def test_ihc_unrelated_heads_high(similarity):
+    record = scores_record(random_scores(2, 6, (8, 8), prefix=1), (8, 8), 1)
+    assert InterHeadCoherencyLoss(similarity=similarity)([record]).item() > 0.5
+
+
+def antisymmetric_scores(batch, heads, grid, prefix, correlation=0.7, seed=0):
+    """Scores whose spatial rows hold each value and its negative, so min = -max and a
+    min-max normalised row has mean 1/2 before and after negation; heads are correlated."""
+    g = torch.Generator().manual_seed(seed)
+    n_sp = grid[0] * grid[1]
+    assert n_sp % 2 == 0
+    shared = torch.randn(batch, 1, n_sp, n_sp // 2, generator=g)
+    own = torch.randn(batch, heads, n_sp, n_sp // 2, generator=g)
+    half = correlation * shared + (1 - correlation) * own
+    perm = torch.randperm(n_sp, generator=g)
+    spatial = torch.cat([half, -half], dim=-1)[..., perm]
+    n = prefix + n_sp
+    scores = torch.randn(batch, heads, n, n, generator=g)
+    scores[:, :, prefix:, prefix:] = spatial
+    return scores
+
+
+@pytest.mark.parametrize('similarity', ['abs', 'squared'])
+def test_ihc_invariant_to_inverting_one_head(similarity):
+    grid, prefix = (4, 6), 1
+    scores = antisymmetric_scores(2, 4, grid, prefix)
+    inverted = scores.clone()
+    inverted[:, 1] = -inverted[:, 1]
+    records = [scores_record(scores, grid, prefix)]
+    inverted_records = [scores_record(inverted, grid, prefix)]
+    # Without the stabilising constants, negation flips the covariance's sign only: exact invariance.
+    exact = InterHeadCoherencyLoss(similarity=similarity, c1=0.0, c2=0.0)
+    assert 0.05 < exact(records).item() < 0.95  # a mid-range value, so invariance is not trivial
+    assert exact(inverted_records).item() == pytest.approx(exact(records).item(), abs=1e-5)
+    # With the default C2 = 0.03², |2σxy + C2| differs from |-2σxy + C2| by O(C2 / σ²): close.
+    default = InterHeadCoherencyLoss(similarity=similarity)
+    assert default(inverted_records).item() == pytest.approx(default(records).item(), abs=0.02)
+    # Negative control: signed SSIM between heads 0 and 1 does flip, so only |.| / (.)² are invariant.
+    sp = slice(prefix, None)
+    signed = pairwise_global_ssim(minmax_normalize(scores[:, :, sp, sp].transpose(1, 2)))[..., 0, 1].mean()
+    signed_inv = pairwise_global_ssim(minmax_normalize(inverted[:, :, sp, sp].transpose(1, 2)))[..., 0, 1].mean()
+    assert signed.item() > 0.3 and signed_inv.item() < -0.3
+
+
+LAYOUT_CASES = {
+    'cls_token_non_square': dict(batch=2, heads=3, grid=(3, 5), prefix=1, window=False),
+    'swin_window_no_prefix': dict(batch=6, heads=4, grid=(4, 4), prefix=0, window=True),
+}
+
+
+@pytest.mark.parametrize('case', sorted(LAYOUT_CASES))
+@pytest.mark.parametrize('similarity', ['abs', 'squared'])
+@pytest.mark.parametrize('ssim', ['global', 'windowed'])
+def test_ihc_fast_equals_reference(case, similarity, ssim):
+    c = LAYOUT_CASES[case]
+    records = [scores_record(random_scores(c['batch'], c['heads'], c['grid'], c['prefix'], seed=s), c['grid'],
+                             c['prefix'], window=c['window']) for s in range(2)]
+    fast = InterHeadCoherencyLoss(similarity=similarity, ssim=ssim, impl='fast')(records)
+    ref = InterHeadCoherencyLoss(similarity=similarity, ssim=ssim, impl='reference')(records)
+    assert fast.item() == pytest.approx(ref.item(), abs=1e-5)
+
+
+def test_ihc_windowed_chunking_does_not_change_result():
+    record = scores_record(random_scores(3, 4, (5, 5), prefix=1), (5, 5), 1)
+    whole = InterHeadCoherencyLoss(ssim='windowed')([record])
+    chunked = InterHeadCoherencyLoss(ssim='windowed', max_chunk_elements=1000)([record])
+    assert chunked.item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+def test_ihc_reference_matches_explicit_loops():
+    """Independent per-(b, q, i, j) computation of Eq. 9-11 on a tiny input."""
+    grid, prefix, heads = (2, 3), 1, 3
+    scores = random_scores(2, heads, grid, prefix, seed=5, dtype=torch.float64)
+    records = [scores_record(scores, grid, prefix)]
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    terms = []
+    for b in range(scores.shape[0]):
+        for q in range(prefix, scores.shape[2]):
+            rows = []
+            for h in range(heads):
+                row = scores[b, h, q, prefix:].tolist()
+                lo, hi = min(row), max(row)
+                rows.append([(v - lo) / (hi - lo + 1e-8) for v in row])
+            d = 0.0
+            for i in range(heads):
+                for j in range(heads):
+                    x, y = rows[i], rows[j]
+                    mx, my = sum(x) / len(x), sum(y) / len(y)
+                    vx = sum((a - mx) ** 2 for a in x) / len(x)
+                    vy = sum((a - my) ** 2 for a in y) / len(y)
+                    cxy = sum((a - mx) * (b_ - my) for a, b_ in zip(x, y)) / len(x)
+                    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+                    d += abs(s)
+            terms.append(1 - d / heads ** 2)
+    expected = sum(terms) / len(terms)
+    for impl in ('fast', 'reference'):
+        assert InterHeadCoherencyLoss(impl=impl)(records).item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_ihc_ignores_prefix_tokens():
+    grid, prefix = (3, 4), 2
+    scores = random_scores(2, 3, grid, prefix)
+    changed_prefix = scores.clone()
+    changed_prefix[:, :, :prefix, :] = torch.randn_like(changed_prefix[:, :, :prefix, :])
+    changed_prefix[:, :, :, :prefix] = torch.randn_like(changed_prefix[:, :, :, :prefix])
+    changed_spatial = scores.clone()
+    changed_spatial[:, 0, prefix:, prefix:] = torch.randn_like(changed_spatial[:, 0, prefix:, prefix:])
+    loss_fn = InterHeadCoherencyLoss()
+    base = loss_fn([scores_record(scores, grid, prefix)]).item()
+    assert loss_fn([scores_record(changed_prefix, grid, prefix)]).item() == pytest.approx(base, abs=1e-7)
+    assert abs(loss_fn([scores_record(changed_spatial, grid, prefix)]).item() - base) > 1e-4
+
+
+def test_ihc_layers_option_and_weight():
+    grid = (4, 4)
+    records = [scores_record(random_scores(2, 3, grid, 1, seed=s), grid, 1, name=f'b{s}') for s in range(3)]
+    per_layer = [InterHeadCoherencyLoss()([r]).item() for r in records]
+    assert len(set(round(v, 6) for v in per_layer)) == 3
+    assert InterHeadCoherencyLoss()(records).item() == pytest.approx(sum(per_layer) / 3, abs=1e-6)
+    assert InterHeadCoherencyLoss(layers=[-1])(records).item() == pytest.approx(per_layer[2], abs=1e-6)
+    assert InterHeadCoherencyLoss(layers=[0, 2])(records).item() == pytest.approx(
+        (per_layer[0] + per_layer[2]) / 2, abs=1e-6)
+    assert InterHeadCoherencyLoss(loss_weight=3.0)(records).item() == pytest.approx(sum(per_layer), abs=1e-5)
+
+
+def test_ihc_rejects_window_larger_than_grid():
+    record = scores_record(random_scores(1, 2, (2, 6), prefix=1), (2, 6), 1)
+    with pytest.raises(ValueError, match='win_size'):
+        InterHeadCoherencyLoss(ssim='windowed', win_size=3)([record])
+    with pytest.raises(ValueError):
+        InterHeadCoherencyLoss(ssim='windowed', win_size=4)
+
+
+def test_ihc_bf16_inputs_computed_in_fp32():
+    scores = random_scores(2, 4, (4, 5), prefix=1).bfloat16().requires_grad_()
+    loss = InterHeadCoherencyLoss()([scores_record(scores, (4, 5), 1)])
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    expected = InterHeadCoherencyLoss()([scores_record(scores.detach().float(), (4, 5), 1)])
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(scores.grad.float()).all() and scores.grad.float().abs().sum() > 0
+
+
+@pytest.mark.parametrize('ssim', ['global', 'windowed'])
+def test_ihc_gradient_reaches_queries(ssim):
+    batch, heads, grid, prefix, dim = 2, 3, (4, 4), 1, 8
+    n = prefix + grid[0] * grid[1]
+    q = torch.randn(batch, heads, n, dim, requires_grad=True)
+    k = torch.randn(batch, heads, n, dim)
+    scores = (q * dim ** -0.5) @ k.transpose(-1, -2)
+    loss = InterHeadCoherencyLoss(ssim=ssim)([scores_record(scores, grid, prefix)])
+    loss.backward()
+    assert torch.isfinite(q.grad).all()
+    assert q.grad[:, :, prefix:].abs().sum() > 0
+
+
+def test_ihc_large_batch_shapes_fit():
+    # B'=128, H=6, N=257 (16×16 grid + class token): the fast path works on (B', Q, H, K) only.
+    scores = torch.randn(128, 6, 257, 257)
+    loss = InterHeadCoherencyLoss()([scores_record(scores, (16, 16), 1)])
+    assert torch.isfinite(loss) and 0 < loss.item() < 1
+
+
+def test_ihc_through_tiny_timm_vit():
+    timm = pytest.importorskip('timm')
+    from mimiq_mm.attention import AttentionRecorder, install_attention_capture
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2,
+                              num_classes=10).eval()
+    install_attention_capture(model)
+    images = torch.randn(2, 3, 32, 32, requires_grad=True)
+    with AttentionRecorder(model, fields=('scores',)) as rec:
+        model(images)
+    assert len(rec.records) == 2
+    loss = InterHeadCoherencyLoss()(rec.records)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# L_HAD
+# ---------------------------------------------------------------------------------------------
+
+def had_records(outputs_list, grid=(2, 3), prefix=1):
+    return [outputs_record(o, grid, prefix, name=f'b{i}') for i, o in enumerate(outputs_list)]
+
+
+def random_outputs(seed, batch=2, heads=3, n=7, dim=4, scale=2.0):
+    return torch.randn(batch, heads, n, dim, generator=torch.Generator().manual_seed(seed)) * scale + 0.5
+
+
+@pytest.mark.parametrize('metric', ['dssim', 'mse', 'l1', 'kl'])
+def test_had_zero_for_identical_positive_for_different(metric):
+    teacher = had_records([random_outputs(0), random_outputs(1)])
+    same = had_records([random_outputs(0), random_outputs(1)])
+    other = had_records([random_outputs(2), random_outputs(3)])
+    loss_fn = HeadAttentionDistillLoss(metric=metric)
+    assert loss_fn(teacher, same).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss_fn(teacher, other).item() > 1e-3
+
+
+@pytest.mark.parametrize('metric', ['dssim', 'mse', 'l1', 'kl'])
+def test_had_ignores_class_token_and_detaches_teacher(metric):
+    t_out = random_outputs(0).requires_grad_()
+    s_out = random_outputs(4).requires_grad_()
+    s_changed = s_out.detach().clone()
+    s_changed[:, :, 0] += 10.0
+    loss_fn = HeadAttentionDistillLoss(metric=metric)
+    loss = loss_fn(had_records([t_out]), had_records([s_out]))
+    assert loss_fn(had_records([t_out]), had_records([s_changed])).item() == pytest.approx(loss.item(), abs=1e-6)
+    loss.backward()
+    assert t_out.grad is None
+    assert s_out.grad[:, :, 1:].abs().sum() > 0 and s_out.grad[:, :, 0].abs().sum() == 0
+
+
+def test_had_dssim_matches_per_head_loop_and_is_scale_free():
+    t, s = random_outputs(0, n=5, dim=3), random_outputs(1, n=5, dim=3)
+    expected = []
+    for b in range(t.shape[0]):
+        for h in range(t.shape[1]):
+            x, y = t[b, h, 1:].flatten().double(), s[b, h, 1:].flatten().double()
+            data_range = (x.max() - x.min()).item()
+            c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+            mx, my = x.mean(), y.mean()
+            vx, vy = ((x - mx) ** 2).mean(), ((y - my) ** 2).mean()
+            cxy = ((x - mx) * (y - my)).mean()
+            ssim = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+            expected.append(1 - abs(ssim.item()))
+    loss_fn = HeadAttentionDistillLoss(metric='dssim')
+    loss = loss_fn(had_records([t], grid=(2, 2)), had_records([s], grid=(2, 2)))
+    assert loss.item() == pytest.approx(sum(expected) / len(expected), abs=1e-6)
+    # Constants follow the teacher's range, so scaling both maps leaves DSSIM unchanged.
+    scaled = loss_fn(had_records([t * 1e3], grid=(2, 2)), had_records([s * 1e3], grid=(2, 2)))
+    assert scaled.item() == pytest.approx(loss.item(), abs=1e-5)
+
+
+def test_had_layers_average():
+    teacher = had_records([random_outputs(0), random_outputs(1)])
+    student = had_records([random_outputs(2), random_outputs(3)])
+    loss_fn = HeadAttentionDistillLoss(metric='mse')
+    per_layer = [loss_fn([t], [s]).item() for t, s in zip(teacher, student)]
+    assert loss_fn(teacher, student).item() == pytest.approx(sum(per_layer) / 2, rel=1e-6)
+    assert HeadAttentionDistillLoss(metric='mse', layers=[-1])(teacher, student).item() == pytest.approx(
+        per_layer[1], rel=1e-6)
+
+
+def test_had_mismatched_records_raise():
+    loss_fn = HeadAttentionDistillLoss()
+    with pytest.raises(ValueError, match='records'):
+        loss_fn(had_records([random_outputs(0), random_outputs(1)]), had_records([random_outputs(0)]))
+    with pytest.raises(ValueError, match='shape'):
+        loss_fn(had_records([random_outputs(0)]), had_records([random_outputs(0, heads=2)]))
+    with pytest.raises(ValueError, match='outputs'):
+        loss_fn([scores_record(torch.zeros(1, 1, 5, 5), (2, 2), 1)], had_records([random_outputs(0)]))
+
+
+# ---------------------------------------------------------------------------------------------
+# L_KL
+# ---------------------------------------------------------------------------------------------
+
+def test_kl_distill_zero_equal_positive_otherwise_and_formula():
+    logits = torch.randn(4, 10)
+    assert KLDistillLoss(temperature=4.0)(logits, logits.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(4, 10, requires_grad=True)
+    teacher = torch.randn(4, 10, requires_grad=True)
+    temp = 3.0
+    loss = KLDistillLoss(temperature=temp)(student, teacher)
+    p_t = (teacher / temp).softmax(-1)
+    expected = temp ** 2 * (p_t * ((teacher / temp).log_softmax(-1) - (student / temp).log_softmax(-1))).sum() / 4
+    assert loss.item() > 0
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+def test_kl_distill_dense_is_mean_over_pixels():
+    student, teacher = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
+    dense = KLDistillLoss(temperature=2.0)(student, teacher)
+    flat = KLDistillLoss(temperature=2.0)(student.permute(0, 2, 3, 1).reshape(-1, 5),
+                                          teacher.permute(0, 2, 3, 1).reshape(-1, 5))
+    assert dense.item() > 0
+    assert dense.item() == pytest.approx(flat.item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthesis losses
+# ---------------------------------------------------------------------------------------------
+
+def test_tv_zero_for_constant_image():
+    images = torch.full((2, 3, 5, 6), 0.7)
+    for reduction in ('sum', 'mean', 'norm'):
+        assert TotalVariationLoss(reduction=reduction)(images).item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_tv_matches_loop_on_tiny_image():
+    images = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+    offsets = [(0, 1), (1, 0), (1, 1), (1, -1)]  # right, down, down-right, down-left
+    per_direction = {o: [] for o in offsets}
+    for b in range(2):
+        for c in range(3):
+            for y in range(2):
+                for x in range(3):
+                    for dy, dx in offsets:
+                        yy, xx = y + dy, x + dx
+                        if 0 <= yy < 2 and 0 <= xx < 3:
+                            per_direction[(dy, dx)].append((b, (images[b, c, yy, xx] - images[b, c, y, x]).item()))
+    sum_expected = sum(d ** 2 for v in per_direction.values() for _, d in v) / 2
+    mean_expected = sum(sum(d ** 2 for _, d in v) / len(v) for v in per_direction.values())
+    norm_expected = sum(math.sqrt(sum(d ** 2 for _, d in v)) for v in per_direction.values())
+    assert TotalVariationLoss('sum')(images).item() == pytest.approx(sum_expected, rel=1e-10)
+    assert TotalVariationLoss('mean')(images).item() == pytest.approx(mean_expected, rel=1e-10)
+    assert TotalVariationLoss('norm')(images).item() == pytest.approx(norm_expected, rel=1e-10)
+    assert TotalVariationLoss('sum', loss_weight=0.5)(images).item() == pytest.approx(sum_expected / 2, rel=1e-10)
+
+
+def test_class_prior_loss_classification_and_dense():
+    logits, targets = torch.randn(3, 6), torch.tensor([0, 5, 2])
+    assert ClassPriorLoss()(logits, targets).item() == pytest.approx(F.cross_entropy(logits, targets).item())
+    dense = torch.randn(3, 6, 2, 2)
+    log_p = dense.log_softmax(1)
+    expected = -sum(log_p[b, targets[b], y, x].item() for b in range(3) for y in range(2) for x in range(2)) / 12
+    assert ClassPriorLoss(loss_weight=2.0)(dense, targets).item() == pytest.approx(2 * expected, rel=1e-5)
+
+
+def test_psaq_entropy_matches_direct_computation():
+    g = torch.Generator().manual_seed(3)
+    blocks = [torch.randn(2, 2, 5, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+    bandwidth, points = 0.01, 50
+    expected = 0.0
+    for out in blocks:
+        sims_per_image = []
+        for b in range(2):
+            tokens = [[(out[b, 0, t, d] + out[b, 1, t, d]).item() / 2 for d in range(3)] for t in range(1, 5)]
+            sims = []
+            for i in range(4):
+                for j in range(i + 1, 4):
+                    dot = sum(a * c for a, c in zip(tokens[i], tokens[j]))
+                    norm_i = math.sqrt(sum(a * a for a in tokens[i]))
+                    norm_j = math.sqrt(sum(a * a for a in tokens[j]))
+                    sims.append(dot / (norm_i * norm_j))
+            sims_per_image.append(sims)
+        lo = min(min(s) for s in sims_per_image)
+        hi = max(max(s) for s in sims_per_image)
+        step = (hi - lo) / (points - 1)
+        entropies = []
+        for sims in sims_per_image:
+            h = 0.0
+            for g_idx in range(points):
+                x = lo + g_idx * step
+                p = sum(math.exp(-((x - s) / bandwidth) ** 2 / 2) for s in sims) / (
+                    len(sims) * bandwidth * math.sqrt(2 * math.pi))
+                h -= p * math.log(p + 1e-10) * step
+            entropies.append(h)
+        expected -= sum(entropies) / len(entropies)
+    records = had_records(blocks, grid=(2, 2), prefix=1)
+    loss = PatchSimilarityEntropyLoss(bandwidth=bandwidth, num_points=points)(records)
+    assert loss.item() == pytest.approx(expected, rel=1e-6, abs=1e-8)
+
+
+def test_psaq_entropy_gradient_and_pair_cap():
+    outputs = torch.randn(2, 3, 1 + 36, 8, requires_grad=True)
+    records = had_records([outputs], grid=(6, 6), prefix=1)
+    loss = PatchSimilarityEntropyLoss(max_pairs=100)(records)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(outputs.grad).all()
+    assert outputs.grad[:, :, 1:].abs().sum() > 0
+    assert PatchSimilarityEntropyLoss(max_pairs=100).patch_similarities(records[0]).shape == (2, 100)
+
+
+def test_losses_build_from_registry():
+    for name in ('InterHeadCoherencyLoss', 'HeadAttentionDistillLoss', 'KLDistillLoss', 'TotalVariationLoss',
+                 'PatchSimilarityEntropyLoss', 'ClassPriorLoss'):
+        module = MODELS.build(dict(type=f'mimiq_mm.{name}', loss_weight=2.0))
+        assert type(module).__name__ == name and module.loss_weight == 2.0

@@ -1,0 +1,496 @@
+"""Fake quantization: quantizers, in-place model quantization, calibration and checkpoints.
+
+CPU only, tiny randomly initialised models, no downloads.
+"""
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mimiq_mm.attention import AttentionCore, install_attention_capture
+from mimiq_mm.quant import (LSQActQuantizer, MinMaxActQuantizer, QuantConfig, QuantConv2d, QuantLinear,
+                            WeightQuantizer, build_act_quantizer, calibration, check_bits, fake_quantize,
+                            quantize_model, quantizers, set_quantization)
+
+timm = pytest.importorskip('timm')
+
+IMG = (32, 48)
+DEPTH = 2
+
+
+def make_vit(seed=0):
+    """A tiny timm ViT (non-square input, 8x8 patches -> 4x6 grid)."""
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(seed)
+    model = VisionTransformer(img_size=IMG, patch_size=8, embed_dim=48, depth=DEPTH, num_heads=4, mlp_ratio=2.,
+                              num_classes=10)
+    return model.eval()
+
+
+def images(seed, n=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, *IMG, generator=g)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def quantized_copy(model, **cfg):
+    return quantize_model(copy.deepcopy(model), **cfg).eval()
+
+
+def calibrate(model, x):
+    with torch.no_grad(), calibration(model):
+        model(x)
+
+
+# ----------------------------------------------------------------------------- accuracy vs bits
+
+def test_output_error_grows_as_bits_shrink():
+    fp = make_vit()
+    calib, test = images(1, 8), images(2, 4)
+    with torch.no_grad():
+        ref = fp(test)
+    errors = {}
+    for bits in (8, 4, 3):
+        q = quantized_copy(fp, w_bits=bits, a_bits=bits)
+        calibrate(q, calib)
+        with torch.no_grad():
+            errors[bits] = rel_err(q(test), ref)
+    assert 0 < errors[8] < 0.05, errors
+    assert errors[4] > 3 * errors[8] and errors[4] > errors[8] + 0.05, errors
+    assert errors[3] > 1.2 * errors[4], errors
+
+
+def test_quantize_model_swaps_classes_in_place_and_keeps_parameters():
+    fp = make_vit()
+    model = copy.deepcopy(fp)
+    fc1 = model.blocks[0].mlp.fc1
+    weight = fc1.weight
+    q = quantize_model(model, w_bits=4, a_bits=4)
+    assert q is model
+    assert model.blocks[0].mlp.fc1 is fc1 and type(fc1) is QuantLinear and fc1.weight is weight
+    assert type(model.patch_embed.proj) is QuantConv2d
+    n_linear = sum(isinstance(m, nn.Linear) for m in fp.modules())
+    assert sum(type(m) is QuantLinear for m in model.modules()) == n_linear
+    assert all(type(m) is not nn.Linear for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- weight quantizer
+
+def _channel_scaled_weight(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(*shape, generator=g)
+    scales = torch.logspace(-3, 1, shape[0]).view(-1, *([1] * (len(shape) - 1)))
+    return w * scales
+
+
+@pytest.mark.parametrize('bits', [2, 3, 4, 8])
+@pytest.mark.parametrize('shape', [(16, 40), (8, 3, 5, 5)])
+def test_weight_quantizer_per_channel_symmetric(bits, shape):
+    w = _channel_scaled_weight(shape)
+    wq = WeightQuantizer(bits)(w)
+    assert wq.shape == w.shape
+    flat, flat_q = w.flatten(1), wq.flatten(1)
+    qmax = 2 ** (bits - 1) - 1
+    for c in range(w.shape[0]):
+        max_abs = flat[c].abs().max()
+        step = max_abs / qmax
+        levels = flat_q[c] / step
+        # on this channel's own grid (per channel: the 1e-3-scaled channel is not flushed to zero)
+        assert torch.allclose(levels, levels.round(), atol=1e-3)
+        assert levels.round().min() >= -(2 ** (bits - 1)) and levels.round().max() <= qmax
+        assert flat_q[c].unique().numel() <= 2 ** bits
+        # symmetric range: the largest magnitude maps onto the largest level exactly
+        assert torch.isclose(flat_q[c].abs().max(), max_abs, rtol=1e-5)
+        # nearest level: error at most half a step
+        assert (flat_q[c] - flat[c]).abs().max() <= step / 2 + 1e-6 * max_abs
+    # symmetric about zero
+    assert torch.equal(WeightQuantizer(bits)(-w), -wq)
+
+
+def test_weight_quantizer_levels_are_actually_limited():
+    w = torch.randn(4, 1000)
+    for bits in (2, 3, 4):
+        wq = WeightQuantizer(bits)(w)
+        counts = [row.unique().numel() for row in wq]
+        assert max(counts) <= 2 ** bits
+        assert min(counts) >= 2 ** bits - 2  # 1000 gaussian values populate (almost) every level
+
+
+def test_fake_quantize_straight_through_gradient():
+    step, q_min, q_max = 0.1, -8, 7
+    x = torch.linspace(-1.5, 1.5, 301, requires_grad=True)
+    y = fake_quantize(x, torch.tensor(step), torch.tensor(0.0), q_min, q_max)
+    y.sum().backward()
+    inside = (x.detach() / step >= q_min) & (x.detach() / step <= q_max)
+    assert inside.any() and (~inside).any()
+    assert torch.equal(x.grad[inside], torch.ones(int(inside.sum())))
+    assert torch.equal(x.grad[~inside], torch.zeros(int((~inside).sum())))
+    # values on the grid: y equals rounded x inside, the clamped extreme outside
+    assert torch.allclose(y[inside], (x[inside] / step).round() * step, atol=1e-6)
+    assert torch.allclose(y[x > 1.0], torch.full_like(y[x > 1.0], q_max * step))
+
+
+def test_weight_quantizer_gradient_is_identity():
+    w = _channel_scaled_weight((6, 10)).requires_grad_(True)
+    WeightQuantizer(4)(w).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_disabled_quantizers_pass_through():
+    x = torch.randn(3, 7)
+    for q in (WeightQuantizer(3), MinMaxActQuantizer(3), LSQActQuantizer(3)):
+        q.enabled = False
+        assert q(x) is x
+
+
+# ----------------------------------------------------------------------------- LSQ
+
+def test_lsq_initialises_from_first_batch():
+    g = torch.Generator().manual_seed(0)
+    signed = torch.randn(64, 32, generator=g) * 3
+    q = LSQActQuantizer(4)
+    q(signed)
+    assert bool(q.initialized) and bool(q.signed_flag)
+    assert q.q_min == -8 and q.q_max == 7
+    assert torch.isclose(q.step.detach(), 2 * signed.abs().mean() / math.sqrt(7))
+    assert q.offset.item() == 0
+    # later batches do not re-initialise
+    q(signed * 100)
+    assert torch.isclose(q.step.detach(), 2 * signed.abs().mean() / math.sqrt(7))
+
+    positive = torch.rand(64, 32, generator=g)
+    q = LSQActQuantizer(8)
+    q(positive)
+    assert not bool(q.signed_flag) and q.q_min == 0 and q.q_max == 255
+    assert torch.isclose(q.step.detach(), 2 * positive.mean() / math.sqrt(255))
+
+
+def test_lsq_gradients_match_lsq_formulas():
+    g = torch.Generator().manual_seed(0)
+    q = LSQActQuantizer(4)
+    q(torch.randn(256, generator=g))  # initialise (signed: levels -8..7)
+    with torch.no_grad():
+        q.step.fill_(0.25)
+        q.offset.fill_(1.0)
+    x = torch.randn(256, generator=g) * 2
+    y = q(x)
+    y.sum().backward()
+    step, off = 0.25, 1.0
+    z = x / step + off
+    inside = (z >= -8) & (z <= 7)
+    assert inside.any() and (~inside).any()
+    scale = 1.0 / math.sqrt(x.numel() * 7)
+    expected_step = torch.where(inside, z.round() - z, z.clamp(-8, 7) - off).sum() * scale
+    expected_offset = torch.where(inside, torch.zeros_like(z), torch.full_like(z, -step)).sum() * scale
+    assert torch.isclose(q.step.grad, expected_step, rtol=1e-4, atol=1e-6)
+    assert torch.isclose(q.offset.grad, expected_offset, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(y, (z.clamp(-8, 7).round() - off) * step)
+
+
+def test_lsq_step_and_offset_get_gradients_through_model():
+    fp = make_vit()
+    q = quantize_model(copy.deepcopy(fp), w_bits=4, a_bits=4, act_method='lsq')
+    x = images(3)
+    calibrate(q, x)  # initialises every LSQ quantizer from this batch
+    lsq = quantizers(q, LSQActQuantizer)
+    assert lsq and all(bool(m.initialized) for m in lsq)
+    assert not quantizers(q, MinMaxActQuantizer)
+    q.train()
+    loss = (q(x) - fp(x).detach()).square().mean()
+    loss.backward()
+    step_grads = [m.step.grad for m in lsq]
+    offset_grads = [m.offset.grad for m in lsq]
+    assert all(g is not None and g.abs() > 0 for g in step_grads)
+    assert all(g is not None for g in offset_grads)
+    # the offset only gets a gradient from clipped values (LSQ+; exact formula tested above), so
+    # only the quantizers whose inputs exceed the initial range see one
+    assert any(g.abs() > 0 for g in offset_grads)
+    # the weights still learn through the straight-through estimator
+    assert q.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    # the learnable parameters are registered (optimisers see them)
+    names = {n for n, _ in q.named_parameters()}
+    assert any(n.endswith('.step') for n in names) and any(n.endswith('.offset') for n in names)
+
+
+# ----------------------------------------------------------------------------- min-max EMA
+
+def test_minmax_ema_updates_while_observing_and_freezes_in_eval():
+    q = MinMaxActQuantizer(8, momentum=0.1).eval()
+    holder = nn.Sequential(q)
+    a = torch.tensor([-1.0, 0.5, 2.0])
+    b = torch.tensor([-3.0, 0.0, 6.0])
+    with calibration(holder):
+        assert q.observing
+        q(a)
+        assert q.min_val.item() == pytest.approx(-1.0) and q.max_val.item() == pytest.approx(2.0)
+        q(b)
+        assert q.min_val.item() == pytest.approx(-1.0 + 0.1 * (-3.0 + 1.0))
+        assert q.max_val.item() == pytest.approx(2.0 + 0.1 * (6.0 - 2.0))
+    assert not q.observing
+    frozen = (q.min_val.item(), q.max_val.item())
+    wide = torch.tensor([-50.0, 0.3, 50.0])
+    out = q(wide)
+    assert (q.min_val.item(), q.max_val.item()) == frozen
+    # outside the frozen range the output is clipped to it
+    assert out.min().item() == pytest.approx(frozen[0], abs=0.05)
+    assert out.max().item() == pytest.approx(frozen[1], abs=0.05)
+    # training mode keeps tracking (QAT) unless disabled
+    q.train()
+    q(wide)
+    assert q.min_val.item() < frozen[0] and q.max_val.item() > frozen[1]
+    q2 = MinMaxActQuantizer(8, update_in_training=False)
+    q2(a)  # an uninitialised quantizer always takes its first batch
+    q2.train()
+    q2(wide)
+    assert (q2.min_val.item(), q2.max_val.item()) == pytest.approx((-1.0, 2.0))
+
+
+def test_calibration_changes_model_ranges_only_inside_context():
+    q = quantized_copy(make_vit(), w_bits=8, a_bits=8)
+    x1, x2 = images(4), images(5) * 5
+    calibrate(q, x1)
+    mm = quantizers(q, MinMaxActQuantizer)
+    assert mm and all(bool(m.initialized) for m in mm)
+    ranges = [(m.min_val.clone(), m.max_val.clone()) for m in mm]
+    with torch.no_grad():
+        q(x2)
+    assert all(torch.equal(m.min_val, lo) and torch.equal(m.max_val, hi) for m, (lo, hi) in zip(mm, ranges))
+    calibrate(q, x2)
+    assert any(not torch.equal(m.max_val, hi) for m, (_, hi) in zip(mm, ranges))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_float_checkpoint_loads_strict_into_quantized_model():
+    fp = make_vit(seed=0)
+    q = quantize_model(make_vit(seed=1), w_bits=4, a_bits=4)
+    result = q.load_state_dict(fp.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for name, p in fp.state_dict().items():
+        assert torch.equal(q.state_dict()[name], p), name
+    set_quantization(q, False, False)
+    x = images(6)
+    with torch.no_grad():
+        assert torch.allclose(q(x), fp(x), atol=1e-5)
+
+
+@pytest.mark.parametrize('act_method', ['minmax', 'lsq'])
+def test_quantized_state_dict_round_trip(act_method):
+    q = quantized_copy(make_vit(seed=0), w_bits=4, a_bits=4, act_method=act_method)
+    x = images(7)
+    calibrate(q, images(8))
+    sd = q.state_dict()
+    own = [k for k in sd if k.endswith(('min_val', 'max_val', 'step', 'offset', 'initialized'))]
+    assert own, 'quantizer state must be part of the state_dict'
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    loaded = torch.load(buf)
+
+    other = quantized_copy(make_vit(seed=1), w_bits=4, a_bits=4, act_method=act_method)
+    with torch.no_grad():
+        assert not torch.allclose(other(x), q(x))
+    other.load_state_dict(loaded, strict=True)
+    other.eval()
+    with torch.no_grad():
+        assert torch.equal(other(x), q(x))
+
+
+# ----------------------------------------------------------------------------- configuration errors
+
+@pytest.mark.parametrize('bad', [1, 9, 0, 3.5, True, -4, '8', None])
+@pytest.mark.parametrize('which', ['w_bits', 'a_bits'])
+def test_bad_bit_widths_raise(bad, which):
+    cfg = dict(w_bits=4, a_bits=4)
+    cfg[which] = bad
+    with pytest.raises(ValueError, match=r'2 to 8'):
+        quantize_model(make_vit(), **cfg)
+    with pytest.raises(ValueError, match=r'2 to 8'):
+        QuantConfig(**cfg)
+
+
+@pytest.mark.parametrize('bad', [1, 9, 0, 3.5, True])
+def test_quantizers_reject_bad_bits(bad):
+    with pytest.raises(ValueError, match=r'2 to 8'):
+        check_bits(bad)
+    with pytest.raises(ValueError, match=r'2 to 8'):
+        WeightQuantizer(bad)
+    with pytest.raises(ValueError, match=r'2 to 8'):
+        MinMaxActQuantizer(bad)
+
+
+@pytest.mark.parametrize('bits', [2, 3, 4, 5, 6, 7, 8])
+def test_good_bit_widths_accepted(bits):
+    assert QuantConfig(w_bits=bits, a_bits=bits).w_bits == bits
+    assert WeightQuantizer(bits).q_max == 2 ** (bits - 1) - 1
+    assert MinMaxActQuantizer(bits).q_max == 2 ** bits - 1
+
+
+def test_unknown_act_method_raises():
+    with pytest.raises(ValueError, match='act_method'):
+        quantize_model(make_vit(), w_bits=4, a_bits=4, act_method='percentile')
+    with pytest.raises(ValueError, match='minmax'):
+        build_act_quantizer(4, 'percentile')
+    with pytest.raises(ValueError, match='unknown quantization options'):
+        quantize_model(make_vit(), dict(w_bits=4, a_bits=4, bitz=3))
+
+
+# ----------------------------------------------------------------------------- placement
+
+def test_keep_first_last_8bit_and_quantizer_placement():
+    fp = make_vit()
+    q = quantized_copy(fp, w_bits=4, a_bits=3, keep_first_last_8bit=True)
+    first, last = q.patch_embed.proj, q.head
+    assert first.weight_quantizer.bits == 8
+    assert isinstance(first.input_quantizer, nn.Identity)  # the raw image stays in float
+    assert last.weight_quantizer.bits == 8 and last.input_quantizer.bits == 8
+    middle = q.blocks[0].mlp.fc1
+    assert middle.weight_quantizer.bits == 4 and middle.input_quantizer.bits == 3
+    # every other quantized layer uses the requested bits
+    layers = [m for m in q.modules() if isinstance(m, (QuantLinear, QuantConv2d))]
+    assert layers[0] is first and layers[-1] is last
+    for m in layers[1:-1]:
+        assert m.weight_quantizer.bits == 4 and m.input_quantizer.bits == 3
+
+    q_plain = quantized_copy(fp, w_bits=4, a_bits=3)
+    assert q_plain.patch_embed.proj.weight_quantizer.bits == 4
+    assert isinstance(q_plain.patch_embed.proj.input_quantizer, nn.Identity)
+    assert q_plain.head.weight_quantizer.bits == 4 and q_plain.head.input_quantizer.bits == 3
+
+    # attention matmul quantizers on every core, at the activation bit-width
+    cores = [m for m in q.modules() if isinstance(m, AttentionCore)]
+    assert len(cores) == DEPTH
+    for core in cores:
+        for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
+            slot_q = getattr(core, slot)
+            assert isinstance(slot_q, MinMaxActQuantizer) and slot_q.bits == 3, slot
+    # ... and they are exercised by the forward pass
+    calibrate(q, images(9))
+    assert all(bool(getattr(c, s).initialized) for c in cores
+               for s in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'))
+
+
+def test_first_layer_sees_the_raw_image():
+    q = quantized_copy(make_vit(), w_bits=4, a_bits=2)
+    seen = {}
+    q.patch_embed.proj.register_forward_pre_hook(lambda m, args: seen.setdefault('x', args[0]))
+    x = images(10)
+    calibrate(q, x)
+    assert torch.equal(seen['x'], x)
+    # but the second layer's input is quantized to 2 bits (at most 4 distinct values)
+    seen2 = {}
+    qkv = q.blocks[0].attn.qkv
+    qkv.input_quantizer.register_forward_hook(lambda m, args, out: seen2.setdefault('y', out))
+    with torch.no_grad():
+        q(x)
+    assert seen2['y'].unique().numel() <= 4
+
+
+def test_attention_matmul_inputs_are_quantized():
+    q = quantized_copy(make_vit(), w_bits=8, a_bits=2)
+    calibrate(q, images(11))
+    core = q.blocks[1].attn.mimiq_core
+    seen = {}
+    for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
+        getattr(core, slot).register_forward_hook(lambda m, a, out, slot=slot: seen.setdefault(slot, out))
+    with torch.no_grad():
+        q(images(11))
+    assert set(seen) == {'query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'}
+    for slot, out in seen.items():
+        assert out.unique().numel() <= 4, slot
+
+
+def test_skip_leaves_layers_in_float():
+    q = quantized_copy(make_vit(), w_bits=4, a_bits=4, skip=[r'^head$', r'blocks\.1\.'])
+    assert type(q.head) is nn.Linear
+    assert type(q.blocks[1].mlp.fc2) is nn.Linear
+    assert isinstance(q.blocks[1].attn.mimiq_core.prob_quantizer, nn.Identity)
+    assert type(q.blocks[0].mlp.fc2) is QuantLinear
+
+
+# ----------------------------------------------------------------------------- switching
+
+def test_set_quantization_off_restores_float_outputs_exactly():
+    fp = make_vit()
+    fp_captured = copy.deepcopy(fp)
+    install_attention_capture(fp_captured)
+    q = quantized_copy(fp, w_bits=3, a_bits=3)
+    x = images(12)
+    calibrate(q, x)
+    with torch.no_grad():
+        ref, ref_captured, quant = fp(x), fp_captured(x), q(x)
+        assert rel_err(quant, ref) > 0.05
+        set_quantization(q, False, False)
+        off = q(x)
+        assert torch.equal(off, ref_captured)
+        assert torch.allclose(off, ref, atol=1e-6)
+        set_quantization(q, True, False)  # weights only
+        w_only = q(x)
+        assert not torch.allclose(w_only, ref, atol=1e-4)
+        assert all(not m.enabled for m in quantizers(q, MinMaxActQuantizer))
+        set_quantization(q, True, True)
+        assert torch.equal(q(x), quant)
+
+
+# ----------------------------------------------------------------------------- mmseg ViT packed in_proj
+
+def _mmseg_vit(seed):
+    pytest.importorskip('mmcv')
+    pytest.importorskip('mmseg')
+    from mmseg.models.backbones import VisionTransformer
+    torch.manual_seed(seed)
+    model = VisionTransformer(img_size=IMG, patch_size=8, embed_dims=32, num_layers=2, num_heads=4, mlp_ratio=2,
+                              out_indices=(1,), final_norm=True)
+    model.eval()  # mmseg's VisionTransformer.train() returns None
+    return model
+
+
+def test_mmseg_vit_packed_in_proj_quantized_and_fp_checkpoint_loads():
+    from mimiq_mm.attention.adapters import PackedInProjection
+    fp = _mmseg_vit(0)
+    q = quantize_model(_mmseg_vit(1), w_bits=4, a_bits=4)
+    packed = [m for m in q.modules() if isinstance(m, PackedInProjection)]
+    assert len(packed) == 2
+    for p in packed:
+        assert isinstance(p.weight_quantizer, WeightQuantizer) and p.weight_quantizer.bits == 4
+        assert isinstance(p.input_quantizer, MinMaxActQuantizer)
+        assert type(p.out_proj) is QuantLinear
+    assert not any(type(m) is nn.MultiheadAttention for m in q.modules())
+
+    result = q.load_state_dict(fp.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    fp_sd = fp.state_dict()
+    assert any(k.endswith('attn.attn.in_proj_weight') for k in fp_sd)
+    for k, v in fp_sd.items():
+        assert torch.equal(q.state_dict()[k], v), k
+
+    # the packed weight goes through its quantizer: the q/k/v projections use 4-bit weights
+    p = packed[0]
+    x = torch.randn(2, 5, 32)
+    c = p.embed_dim
+    wq = WeightQuantizer(4)(p.in_proj_weight)
+    p.input_quantizer.enabled = False
+    for i in range(3):
+        expected = F.linear(x, wq[i * c:(i + 1) * c], p.in_proj_bias[i * c:(i + 1) * c])
+        assert torch.allclose(p.project(x, i), expected, atol=1e-6)
+    assert not torch.allclose(p.project(x, 0), F.linear(x, p.in_proj_weight[:c], p.in_proj_bias[:c]), atol=1e-4)
+    p.input_quantizer.enabled = True
+
+    # and with quantization off, the FP checkpoint reproduces the FP backbone
+    img = images(13)
+    set_quantization(q, False, False)
+    with torch.no_grad():
+        for a, b in zip(q(img), fp(img)):
+            assert torch.allclose(a, b, atol=1e-5)
+    set_quantization(q, True, True)
+    calibrate(q, img)
+    with torch.no_grad():
+        err = rel_err(q(img)[0], fp(img)[0])
+    assert 0 < err < 1.0

@@ -1,0 +1,71 @@
+"""Make a synthetic set alone, from a mimiq_mm config (no fine-tuning).
+
+One synthesis serves many fine-tuning runs: point ``train_cfg.synthesis.out_dir`` of those runs
+at the folder made here. An interrupted synthesis resumes where it stopped when run again; under
+``tools/dist_train.sh``-style launching (``--launcher pytorch``) ranks split the batches.
+
+Example:
+    python tools/synthesize.py configs/deit/deit-s_mimiq_w4a4.py --out-dir data/synthetic/deit-s_mimiq \
+        --cfg-options model.teacher_checkpoint=deit-small.pth
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import mimiq_mm  # noqa: E402,F401
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Make a MimiQ synthetic set from a config')
+    parser.add_argument('config')
+    parser.add_argument('--out-dir', help='where the set is written (default: <work_dir>/synthetic_<method>)')
+    parser.add_argument('--method', choices=['mimiq', 'base', 'psaq', 'noise'], help='override the method')
+    parser.add_argument('--num-images', type=int, help='override the number of images')
+    parser.add_argument('--work-dir')
+    parser.add_argument('--cfg-options', nargs='+', default=[], help='key=value overrides, as in tools/train.py')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main():
+    from mmengine.config import Config, DictAction
+    from mmengine.runner import Runner
+    args = parse_args()
+    if not osp.isfile(args.config):
+        sys.exit(f'config file {args.config!r} not found')
+    cfg = Config.fromfile(args.config)
+    overrides = {}
+    for item in args.cfg_options:
+        key, _, value = item.partition('=')
+        overrides[key] = DictAction._parse_iterable(value)
+    if args.out_dir:
+        overrides['train_cfg.synthesis.out_dir'] = args.out_dir
+    if args.method:
+        overrides['train_cfg.synthesis.method'] = args.method
+    if args.num_images:
+        overrides['train_cfg.synthesis.num_images'] = args.num_images
+    cfg.merge_from_dict(overrides)
+    if cfg.get('train_cfg', {}).get('type') not in ('mimiq_mm.DataFreeQATLoop', 'DataFreeQATLoop'):
+        sys.exit('this config has no mimiq_mm.DataFreeQATLoop train_cfg; use a config from configs/')
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('./work_dirs', osp.splitext(
+        osp.basename(args.config))[0])
+    if args.launcher != 'none':
+        import torch
+        if not torch.cuda.is_available():
+            cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    runner = Runner.from_cfg(cfg)
+    runner._init_model_weights()  # loads the teacher checkpoint
+    loop = runner.train_loop
+    dataset = loop.prepare_synthetic_set()
+    print(f'synthetic set ready: {len(dataset)} images in {loop.synthetic_root()}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,77 @@
+"""Evaluate a checkpoint of a mimiq_mm / OpenMMLab config with mmengine's Runner.
+
+Usage:
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
+                                           [--show-dir DIR] [--cfg-options k=v ...]
+                                           [--launcher {none,pytorch,slurm,mpi}]
+
+Distributed runs go through tools/dist_test.sh.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+# Shares config/runner helpers with the sibling train.py (this directory is sys.path[0] when the
+# script runs; inserted explicitly for other ways of running it).
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from train import (add_common_arguments, build_runner, exit_with_error, is_remote,  # noqa: E402
+                   load_config, prepare_distributed_without_cuda, require_file, set_work_dir)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test a checkpoint of a mimiq_mm / OpenMMLab config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
+    parser.add_argument('--out', help='dump the predictions to this .pkl file')
+    parser.add_argument('--show-dir', help='save visualised predictions under this directory '
+                        '(relative paths are placed in the work directory by the visualization hook)')
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def _enable_visualization(cfg, show_dir: str) -> None:
+    """Turn on the scope's visualization hook; each OpenMMLab codebase spells it differently."""
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        exit_with_error('--show-dir needs default_hooks.visualization in the config')
+    scope = cfg.get('default_scope')
+    if scope == 'mmpretrain':
+        hook.enable = True
+        hook.out_dir = show_dir
+    elif scope == 'mmdet':
+        hook.draw = True
+        hook.test_out_dir = show_dir
+    elif scope == 'mmseg':
+        hook.draw = True
+        cfg.visualizer.save_dir = show_dir
+    else:
+        exit_with_error(f'--show-dir supports configs with default_scope mmpretrain, mmdet or mmseg, '
+                        f'not {scope!r}')
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if not is_remote(args.checkpoint):
+        require_file(args.checkpoint, 'checkpoint file')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        exit_with_error(f'--out must name a .pkl or .pickle file, got {args.out}')
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    set_work_dir(cfg, args.config, args.work_dir)
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if args.show_dir is not None:
+        _enable_visualization(cfg, args.show_dir)
+    prepare_distributed_without_cuda(cfg)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
