@@ -429,8 +429,13 @@ def test_quantized_student_has_same_record_interface(case):
     with torch.no_grad(), AttentionRecorder(model) as fp_rec:
         model(case.image)
 
-    student = _eval(quantize_model(copy.deepcopy(case.model), w_bits=8, a_bits=8))
+    # the student is a deep copy of the (already captured) teacher: it must get its own context
+    student = _eval(quantize_model(copy.deepcopy(model), w_bits=8, a_bits=8))
     cores = attention_cores(student)
+    assert not set(map(id, cores)) & set(map(id, attention_cores(model)))
+    with torch.no_grad(), AttentionRecorder(model) as teacher_rec:
+        student(case.image)
+    assert teacher_rec.records == []
     assert len(cores) == len(case.expected)
     assert all(c.quantized for c in cores)
     with torch.no_grad(), calibration(student):

@@ -192,7 +192,10 @@ def _toy_runner(work_dir, max_epochs, resume=False):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
-        resume=resume, randomness=dict(seed=0))
+        resume=resume, randomness=dict(seed=0),
+        # Distinct names: both runners start within the same second, and mmengine names its
+        # global logger/visualizer instances after the timestamp otherwise.
+        experiment_name='resumed' if resume else 'first')
 
 
 def test_runner_resume_reads_its_own_checkpoint(tmp_path):

@@ -59,7 +59,7 @@ def main():
 
     results, timings = {}, {}
     teacher_dir = osp.join(args.work_dir, 'teacher')
-    teacher_ckpt = osp.join(teacher_dir, 'epoch_40.pth')
+    teacher_ckpt = osp.join(teacher_dir, 'epoch_30.pth')
     t0 = time.time()
     runner = build_runner(CONFIGS['teacher'], teacher_dir, args.data_root)
     if not osp.isfile(teacher_ckpt):

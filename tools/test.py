@@ -25,7 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
     parser.add_argument('--out', help='dump the predictions to this .pkl file')
     parser.add_argument('--show-dir', help='save visualised predictions under this directory '
-                        '(relative paths are placed in the work directory by the visualization hook)')
+                        '(mmdet resolves it inside <work_dir>/<timestamp>)')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -41,6 +41,7 @@ def _enable_visualization(cfg, show_dir: str) -> None:
     if scope == 'mmpretrain':
         hook.enable = True
         hook.out_dir = show_dir
+        hook.interval = 1  # the hook draws every 5000th sample by default; mmpretrain's tool uses 1
     elif scope == 'mmdet':
         hook.draw = True
         hook.test_out_dir = show_dir

@@ -6,7 +6,7 @@ model = dict(
     _delete_=True,
     type='mimiq_mm.QuantDistiller',
     architecture=_base_.model,
-    teacher_checkpoint='work_dirs/demo/teacher/epoch_40.pth',
+    teacher_checkpoint='work_dirs/demo/teacher/epoch_30.pth',
     quant=dict(w_bits=3, a_bits=3, act_method='lsq'),
     kd=dict(temperature=1.0, loss_weight=1.0),
     had=dict(metric='dssim', loss_weight=1.0),

@@ -3,3 +3,4 @@ _base_ = ['./mimiq_vit_digits_w3a3.py']
 
 model = dict(quant=dict(act_method='minmax'), had=None)
 train_cfg = dict(synthesis=dict(method='noise', num_images=256), max_iters=0)
+param_scheduler = None  # no fine-tuning, nothing to schedule

@@ -33,7 +33,7 @@ custom_hooks = _base_.mimiq_custom_hooks
 val_cfg = dict()
 test_cfg = dict()
 # Synthetic images: 512x512 (a multiple of the 32-pixel FPN stride; COCO tests at 800x1333, which
-# costs ~2.4x more per step). prior=None: the detector's own RoI classifier gives L_CL (COCO
+# costs ~2.4x more per step). prior 'head': the detector's own RoI classifier gives L_CL (COCO
 # classes); for an ImageNet classifier prior see mask-rcnn_swin-t_mimiq-cls-prior_w4a4.py.
 train_cfg['synthesis']['image_size'] = (512, 512)
-train_cfg['synthesis']['prior'] = None
+train_cfg['synthesis']['prior'] = dict(type='head')

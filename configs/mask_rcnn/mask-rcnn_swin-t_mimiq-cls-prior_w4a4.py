@@ -7,6 +7,7 @@ _base_ = ['./mask-rcnn_swin-t_mimiq_w4a4.py']
 train_cfg = dict(
     synthesis=dict(
         prior=dict(
+            _delete_=True,
             type='classifier',
             model=dict(
                 type='ImageClassifier', _scope_='mmpretrain',

@@ -8,6 +8,7 @@ _base_ = ['./upernet_deit-s_mimiq_w4a4.py']
 train_cfg = dict(
     synthesis=dict(
         prior=dict(
+            _delete_=True,
             type='classifier',
             model=dict(
                 type='ImageClassifier', _scope_='mmpretrain',

@@ -30,7 +30,7 @@ log_processor = _base_.mimiq_log_processor
 custom_hooks = _base_.mimiq_custom_hooks
 val_cfg = dict()
 test_cfg = dict()
-# Synthetic images at the segmentor's training crop size. prior=None: the decode head's per-pixel
+# Synthetic images at the segmentor's training crop size. prior 'head': the decode head's per-pixel
 # logits give L_CL (ADE20K classes); for an ImageNet classifier prior see upernet_swin-t_mimiq-cls-prior_w4a4.py.
 train_cfg['synthesis']['image_size'] = (512, 512)
-train_cfg['synthesis']['prior'] = None
+train_cfg['synthesis']['prior'] = dict(type='head')

@@ -142,6 +142,11 @@ def resolve_query(query: Query, grid: Tuple[int, int]) -> Tuple[int, int]:
     return int(row), int(col)
 
 
+def _rescale_cell(cell, from_grid, to_grid):
+    """The cell of ``to_grid`` holding the centre of ``cell`` of ``from_grid`` (same relative place)."""
+    return tuple((2 * c + 1) * t // (2 * f) for c, f, t in zip(cell, from_grid, to_grid))
+
+
 def _stage_grid(patch_grid, record):
     """Token grid (h, w) of a window-attention layer's stage: the patch grid halved k times, the
     first k whose window count matches the record (Swin's patch merging halves each stage)."""
@@ -175,11 +180,13 @@ class QueryHeadMaps:
             attention: the keys of the query's window).
         query_cell (tuple[int, int]): the query's (row, col) in ``maps``' grid.
         coherency (Tensor): (B,) D_q of this query (mean f(SSIM) between its head maps).
+        windowed (bool): the maps cover the query's attention window, not the whole image.
     """
     layer_name: str
     maps: torch.Tensor
     query_cell: Tuple[int, int]
     coherency: torch.Tensor
+    windowed: bool = False
 
 
 def query_head_maps(record: AttentionRecord, query: Query, patch_grid=None, field='scores',
@@ -201,8 +208,7 @@ def query_head_maps(record: AttentionRecord, query: Query, patch_grid=None, fiel
     patch_grid = tuple(patch_grid or layout.grid)
     row, col = resolve_query(query, patch_grid)
     if not layout.is_windowed:
-        # Same relative position when the layer's grid differs from the patch grid.
-        cell = (row * layout.grid[0] // patch_grid[0], col * layout.grid[1] // patch_grid[1])
+        cell = _rescale_cell((row, col), patch_grid, layout.grid)
         rows = values[:, :, prefix + cell[0] * layout.grid[1] + cell[1], prefix:]        # (B, H, K)
     else:
         stage = _stage_grid(patch_grid, record)
@@ -211,15 +217,13 @@ def query_head_maps(record: AttentionRecord, query: Query, patch_grid=None, fiel
                           'token of its first window')
             window, token = 0, layout.num_spatial_tokens // 2
         else:
-            # Same relative position on the stage grid as on the patch grid.
-            stage_cell = ((2 * row + 1) * stage[0] // (2 * patch_grid[0]),
-                          (2 * col + 1) * stage[1] // (2 * patch_grid[1]))
-            window, token = _window_position(stage_cell, stage, record)
+            window, token = _window_position(_rescale_cell((row, col), patch_grid, stage), stage, record)
         rows = per_image(values, record)[:, window, :, prefix + token, prefix:]          # (B, H, K)
         cell = divmod(token, layout.grid[1])
     maps = minmax_normalize(rows, dim=-1)
     return QueryHeadMaps(layer_name=record.name, maps=maps.view(*maps.shape[:2], *layout.grid).cpu(),
-                         query_cell=tuple(int(v) for v in cell), coherency=head_coherency(maps, similarity).cpu())
+                         query_cell=tuple(int(v) for v in cell), coherency=head_coherency(maps, similarity).cpu(),
+                         windowed=layout.is_windowed)
 
 
 def patch_grid_of(model) -> Optional[Tuple[int, int]]:

@@ -16,7 +16,12 @@ USER_ERRORS = (AnalysisInputError, FileNotFoundError, UnsupportedBackboneError)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Keeps the module docstring's layout; shows defaults only where they say something."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, '', [], {}) or '(default' in (action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def new_parser(description) -> argparse.ArgumentParser:

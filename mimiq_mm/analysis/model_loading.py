@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import install_attention_capture
-from ..quant import quantize_model
+from ..quant import quantize_model, quantizers
 from .attention_stats import plain_forward
 from .distance import calibrate_student
 from .errors import AnalysisInputError
@@ -288,62 +288,75 @@ def config_model(config, checkpoint=None, cfg_options=None, device='auto', input
     """
     cfg = load_config(config, cfg_options)
     model = build_config_model(cfg, config)
-    device = select_device(device)
-    class_names = config_class_names(cfg)
     if not _is_distiller(model):
-        from mmengine.runner import load_checkpoint
-
-        from ..models.tasks import build_task
-        if checkpoint:
-            _require_file(checkpoint, 'checkpoint', 'pass an existing --checkpoint file')
-            load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
-        else:
-            warnings.warn(f'{config} is not a mimiq_mm.QuantDistiller config and no --checkpoint was given; '
-                          'the model keeps its initial weights')
-        install_attention_capture(model)
-        pre = getattr(model, 'data_preprocessor', None)
-        mean = getattr(pre, 'mean', None)
-        std = getattr(pre, 'std', None)
-        teacher = model.to(device).eval()
-        student = None
-        if with_student:
-            student = quantize_model(copy.deepcopy(teacher), **quant).to(device).eval()
-        size = _size2(input_size) or model_input_size(model) or _warn_default_size()
-        return AnalysisModel(teacher=teacher, student=student, device=device, input_size=size,
-                             pixel_mean=(mean if mean is not None else torch.zeros(3, 1, 1)).float().cpu(),
-                             pixel_std=(std if std is not None else torch.full((3, 1, 1), 255.)).float().cpu(),
-                             forward=build_task(model).forward_tensor, class_names=class_names,
-                             description=f'config {config}')
-
-    if with_student:
-        teacher_loaded = False
-        if teacher_checkpoint or (model.teacher_checkpoint and (os.path.isfile(model.teacher_checkpoint) or
-                                                                '://' in model.teacher_checkpoint)):
-            load_teacher_weights(model, teacher_checkpoint)
-            teacher_loaded = True
-        if checkpoint:
-            teacher_loaded = load_distiller_checkpoint(model, checkpoint) or teacher_loaded
-        if not teacher_loaded:
-            configured = f' (model.teacher_checkpoint {model.teacher_checkpoint!r} does not exist)' \
-                if model.teacher_checkpoint else ''
-            raise AnalysisInputError(f'no teacher weights{configured}: pass --teacher-checkpoint PATH, set '
-                                     'model.teacher_checkpoint in the config, or pass a full distiller --checkpoint')
+        result = _task_model(model, checkpoint, with_student, quant, config)
     else:
-        load_teacher_weights(model, checkpoint)
-    model = model.to(device).eval()
-    pre = model.data_preprocessor
-    size = _size2(input_size) or config_input_size(cfg) or model_input_size(model.teacher) or _warn_default_size()
-    return AnalysisModel(teacher=model.teacher, student=model.student if with_student else None,
-                         pixel_mean=pre.pixel_mean.cpu(), pixel_std=pre.pixel_std.cpu(), input_size=size,
-                         forward=model.task.forward_tensor, device=device, class_names=class_names,
-                         description=f'config {config}')
+        result = _distiller_model(model, checkpoint, with_student, teacher_checkpoint)
+        result.input_size = config_input_size(cfg) or result.input_size
+    result.input_size = _size2(input_size) or result.input_size or _warn_default_size()
+    result.device = select_device(device)
+    result.teacher.to(result.device).eval()
+    if result.student is not None:
+        result.student.to(result.device).eval()
+    result.class_names = config_class_names(cfg)
+    result.description = f'config {config}'
+    return result
+
+
+def _distiller_model(distiller, checkpoint, with_student, teacher_checkpoint) -> AnalysisModel:
+    """Teacher and student of a QuantDistiller, with their weights loaded."""
+    if with_student:
+        _load_teacher_and_student(distiller, checkpoint, teacher_checkpoint)
+    else:
+        load_teacher_weights(distiller, checkpoint)
+    pre = distiller.data_preprocessor
+    return AnalysisModel(teacher=distiller.teacher, student=distiller.student if with_student else None,
+                         pixel_mean=pre.pixel_mean.cpu(), pixel_std=pre.pixel_std.cpu(),
+                         input_size=model_input_size(distiller.teacher), forward=distiller.task.forward_tensor)
+
+
+def _load_teacher_and_student(distiller, checkpoint, teacher_checkpoint):
+    """Teacher from ``teacher_checkpoint`` / the config / the distiller ``checkpoint``; student from
+    ``checkpoint`` (else it stays the teacher's fresh quantized copy)."""
+    configured = distiller.teacher_checkpoint
+    teacher_loaded = False
+    if teacher_checkpoint or (configured and (os.path.isfile(configured) or '://' in configured)):
+        load_teacher_weights(distiller, teacher_checkpoint)
+        teacher_loaded = True
+    if checkpoint:
+        teacher_loaded = load_distiller_checkpoint(distiller, checkpoint) or teacher_loaded
+    if not teacher_loaded:
+        missing = f' (model.teacher_checkpoint {configured!r} does not exist)' if configured else ''
+        raise AnalysisInputError(f'no teacher weights{missing}: pass --teacher-checkpoint PATH, set '
+                                 'model.teacher_checkpoint in the config, or pass a full distiller --checkpoint')
+
+
+def _task_model(model, checkpoint, with_student, quant, config) -> AnalysisModel:
+    """A plain OpenMMLab task model as teacher (weights from ``checkpoint``), its input
+    normalisation from its own data preprocessor."""
+    from mmengine.runner import load_checkpoint
+
+    from ..models.tasks import build_task
+    if checkpoint:
+        _require_file(checkpoint, 'checkpoint', 'pass an existing --checkpoint file')
+        load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    else:
+        warnings.warn(f'{config} is not a mimiq_mm.QuantDistiller config and no --checkpoint was given; '
+                      'the model keeps its initial weights')
+    install_attention_capture(model)
+    pre = getattr(model, 'data_preprocessor', None)
+    mean, std = getattr(pre, 'mean', None), getattr(pre, 'std', None)
+    student = quantize_model(copy.deepcopy(model), **quant) if with_student else None
+    return AnalysisModel(teacher=model, student=student, input_size=model_input_size(model),
+                         pixel_mean=(mean if mean is not None else torch.zeros(3, 1, 1)).float().cpu(),
+                         pixel_std=(std if std is not None else torch.full((3, 1, 1), 255.)).float().cpu(),
+                         forward=build_task(model).forward_tensor)
 
 
 def student_needs_calibration(student) -> bool:
     """True when some activation quantizer of ``student`` was never initialised."""
-    flags = [bool(q.initialized) for q in student.modules() if hasattr(q, 'initialized') and
-             isinstance(getattr(q, 'initialized'), torch.Tensor)]
-    return not flags or not all(flags)
+    flags = [bool(q.initialized) for q in quantizers(student) if hasattr(q, 'initialized')]
+    return not all(flags)
 
 
 def calibrate_fresh_student(model: AnalysisModel, inputs, batch_size=16) -> bool:

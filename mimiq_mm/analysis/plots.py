@@ -86,9 +86,12 @@ def plot_head_maps(rows: Sequence[HeadMapRow], title, path, cmap='viridis') -> s
     return save_figure(figure, path)
 
 
-def plot_similarity_histograms(values: Dict[str, Sequence[float]], path, bins=30,
+def plot_similarity_histograms(values: Dict[str, Sequence[float]], path, bins=30, density=False,
                                xlabel='inter-head attention similarity per image (1 - L_IHC)') -> str:
-    """Overlaid histograms, one per source, with each source's mean as a dashed line."""
+    """Overlaid histograms, one per source, with each source's mean as a dashed line.
+
+    ``density`` normalises each histogram, to compare sources with different image counts.
+    """
     from matplotlib.ticker import MaxNLocator
     figure = new_figure(7, 4)
     ax = figure.subplots()
@@ -98,11 +101,15 @@ def plot_similarity_histograms(values: Dict[str, Sequence[float]], path, bins=30
     colors = [f'C{i}' for i in range(len(values))]
     for color, (name, data) in zip(colors, values.items()):
         data = np.asarray(data, dtype=float)
-        ax.hist(data, bins=edges, alpha=0.5, color=color, label=f'{name}  (n={len(data)}, mean {data.mean():.3f})')
+        ax.hist(data, bins=edges, alpha=0.5, color=color, density=density,
+                label=f'{name}  (n={len(data)}, mean {data.mean():.3f})')
         ax.axvline(data.mean(), color=color, linestyle='--', linewidth=1.5)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel('images')
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if density:
+        ax.set_ylabel('density')
+    else:
+        ax.set_ylabel('images')
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     ax.set_title('Inter-head attention similarity: real vs synthetic')
     return save_figure(figure, path)

@@ -139,7 +139,7 @@ class DataFreeQATLoop(IterBasedTrainLoop):
         model = self.distiller
         keys = ('method', 'num_images', 'batch_size', 'steps', 'lr', 'alpha', 'beta', 'ihc', 'psaq', 'tv',
                 'augment', 'seed', 'prior')
-        settings = {k: s[k] for k in keys if k != 'prior' or s[k] not in (None, 'head')}
+        settings = {k: s[k] for k in keys if k != 'prior' or s[k] not in (None, 'head', {'type': 'head'})}
         settings['base_seed'] = settings.pop('seed')
         settings['image_size'] = list(self.image_size())
         settings['teacher_checkpoint'] = model.teacher_checkpoint

@@ -136,14 +136,23 @@ class QuantDistiller(BaseModel):
         self.student.load_state_dict(self.teacher.state_dict(), strict=False)
         self._freeze_teacher()
 
-    @staticmethod
-    def _route_plain_state_dict(state_dict, prefix, *args):
-        """Let a plain task-model checkpoint (e.g. a student-only export or an FP checkpoint) load
-        into the student."""
+    def _route_plain_state_dict(self, state_dict, prefix, *args):
+        """Runs before the children load their parts.
+
+        * A plain task-model checkpoint (a student-only export, an FP checkpoint) goes to the student.
+        * mmpretrain's TimmClassifier strips its ``model.`` prefix when saved on its own but not
+          when nested (torch ignores a nested module's state_dict-hook result), while its load
+          hook always adds one: drop the extra ``model.`` of nested keys so they round-trip.
+        """
         own = [k for k in state_dict if k.startswith(prefix)]
         if own and not any(k[len(prefix):].startswith(('student.', 'teacher.')) for k in own):
             for key in own:
                 state_dict[f'{prefix}student.{key[len(prefix):]}'] = state_dict.pop(key)
+        for part in ('teacher', 'student'):
+            if hasattr(getattr(self, part), '_add_state_dict_prefix'):
+                nested = f'{prefix}{part}.model.'
+                for key in [k for k in state_dict if k.startswith(nested)]:
+                    state_dict[f'{prefix}{part}.{key[len(nested):]}'] = state_dict.pop(key)
 
     # ------------------------------------------------------------------ quantizers
     @torch.no_grad()

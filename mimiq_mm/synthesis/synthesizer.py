@@ -48,7 +48,8 @@ class ImageSynthesizer:
                  augment: Optional[dict] = None, amp_dtype=None, max_retries=3, log_interval=200, prior=None):
         self.recipe = check_method(method)
         self.method = method
-        self.teacher = teacher.eval()
+        teacher.eval()  # (mmseg ViT.train() returns None, so no chaining)
+        self.teacher = teacher
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         if self.recipe['ihc'] or self.recipe['psaq']:

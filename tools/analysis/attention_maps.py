@@ -81,7 +81,7 @@ def main(argv=None):
 
     rows = {layer: [] for layer in layers}
     entries = {layer: [] for layer in layers}
-    names = {}
+    names, windowed = {}, {}
     for source in sources:
         records = record_attention(model.teacher, model.inputs(source.pixels), (args.map,), layers, model.forward)
         patch_grid = patch_grid_of(model.teacher) or records[0].layout.grid
@@ -90,6 +90,7 @@ def main(argv=None):
         for layer, record in zip(layers, records):
             names[layer] = record.name
             maps = query_head_maps(record, query, patch_grid, args.map, args.similarity)
+            windowed[layer] = maps.windowed
             for i in range(len(source)):
                 coherency = float(maps.coherency[i])
                 rows[layer].append(HeadMapRow(label=row_label(source, i, model.class_names, coherency),
@@ -102,9 +103,11 @@ def main(argv=None):
     for layer in layers:
         path = os.path.join(args.out_dir, f'{args.prefix}_layer{layer:02d}.png')
         title = (f'layer {layer} ({names[layer]}): per-head attention {args.map} of query patch '
-                 f'{query_cell} (patch grid {patch_grid[0]}x{patch_grid[1]})')
+                 f'{query_cell} (patch grid {patch_grid[0]}x{patch_grid[1]})'
+                 + ('\nkeys: the attention window holding the query' if windowed[layer] else ''))
         plot_head_maps(rows[layer], title, path)
-        figures.append(dict(index=layer, name=names[layer], figure=path, rows=entries[layer]))
+        figures.append(dict(index=layer, name=names[layer], windowed=windowed[layer], figure=path,
+                            rows=entries[layer]))
         print(f'layer {layer}: {path}')
     report = dict(tool='attention_maps', model=model.description, query=list(query_cell), patch_grid=list(patch_grid),
                   map=args.map, similarity=args.similarity, num_layers=num_layers,

@@ -31,7 +31,8 @@ def parse_args(argv=None):
     parser = new_parser(__doc__)
     add_model_arguments(parser, checkpoint_help='trained distiller checkpoint (tools/train.py) or student export; '
                         'with --timm-model: the teacher weights. Leave out for a freshly calibrated student')
-    parser.add_argument('--teacher-checkpoint', help='teacher weights (default: model.teacher_checkpoint of the config)')
+    parser.add_argument('--teacher-checkpoint',
+                        help='teacher weights (default: model.teacher_checkpoint of the config)')
     parser.add_argument('--w-bits', type=int, default=4, help='weight bits (--timm-model / plain task configs only)')
     parser.add_argument('--a-bits', type=int, default=4, help='activation bits (--timm-model / plain configs only)')
     parser.add_argument('--act-method', choices=['minmax', 'lsq'], default='minmax',

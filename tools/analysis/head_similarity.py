@@ -32,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument('--similarity', choices=['abs', 'squared'], default='abs',
                         help='f(SSIM) between heads: |SSIM| (paper) or SSIM^2 (code lineage)')
     parser.add_argument('--bins', type=int, default=30, help='histogram bins')
+    parser.add_argument('--density', action='store_true',
+                        help='normalise each histogram (compare sources of different sizes)')
     parser.add_argument('--prefix', default='head_similarity', help='file name prefix of the outputs')
     add_output_arguments(parser)
     return parser.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv=None):
             kind=source.kind, root=source.root, **summarize(similarity),
             images=[dict(file=f, label=l, similarity=s) for f, l, s in zip(source.files, source.labels, similarity)])
 
-    figure = plot_similarity_histograms(values, os.path.join(args.out_dir, f'{args.prefix}.png'), bins=args.bins)
+    figure = plot_similarity_histograms(values, os.path.join(args.out_dir, f'{args.prefix}.png'), bins=args.bins,
+                                        density=args.density)
     print(format_summary_table({name: summarize(v) for name, v in values.items()}))
     report = dict(tool='head_similarity', model=model.description, similarity=args.similarity, layers=layers,
                   num_layers=num_layers, figure=figure, sources=report_sources)

@@ -51,6 +51,8 @@ def pick_indices(total, count, seed=None):
 def caption(label, class_names, max_length):
     if class_names is not None and 0 <= label < len(class_names):
         name = class_names[label]
+        if name == str(label):  # class folders named by their index (e.g. digits)
+            return f'label {label}'
         name = name if len(name) <= max_length else name[:max_length - 1] + '…'
         return f'{label}: {name}'
     return f'label {label}'

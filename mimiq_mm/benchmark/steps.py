@@ -1,0 +1,107 @@
+"""One synthesis step and one fine-tuning step of the real code paths, as callables to time.
+
+* :class:`SynthesisStep` runs one iteration of ``ImageSynthesizer._synthesize_once``: zero the
+  gradient, ``ImageSynthesizer.loss_terms`` (augment, teacher forward under the attention
+  recorder, L_IHC / PSAQ / L_CL / L_TV), the finiteness check, backward, Adam and cosine
+  schedule steps, and the clamp to the valid pixel range.
+* :class:`DistillStep` runs one ``QuantDistiller.train_step`` (synthetic-batch preprocessing,
+  teacher forward without gradients, student forward and backward, L_KL [+ γ·L_HAD], SGD step)
+  through an mmengine optim wrapper, as ``DataFreeQATLoop`` does.
+"""
+import contextlib
+
+import torch
+
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+AMP_NAMES = {'fp32': None, 'bf16': 'bf16', 'fp16': 'fp16'}
+
+
+class SynthesisStep:
+    """One optimisation step of a batch of synthetic images.
+
+    Args:
+        synthesizer (ImageSynthesizer): built for the method to time (steps/lr/betas are read).
+        batch (int): images in the batch.
+        num_classes (int): target classes are drawn from ``range(num_classes)``.
+        seed (int): seed of the initial noise, targets and augmentation.
+    """
+
+    def __init__(self, synthesizer, batch, num_classes, seed=0):
+        self.synthesizer = synthesizer
+        s = synthesizer
+        self.generator = torch.Generator().manual_seed(int(seed))
+        h, w = s.image_size
+        device = s.device
+        images = torch.randn(batch, 3, h, w, generator=self.generator).to(device)
+        self.low, self.high = s.valid_range()
+        images = torch.maximum(torch.minimum(images, self.high), self.low)
+        self.targets = torch.randint(int(num_classes), (batch,), generator=self.generator).to(device)
+        self.images = images.requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.images], lr=s.lr, betas=s.betas)
+        self.total_steps = max(s.steps, 1)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
+                          if s.cosine else None)
+        self.step_index = 0
+        self.last_terms = {}
+
+    def __call__(self):
+        s = self.synthesizer
+        progress = (self.step_index % self.total_steps) / self.total_steps
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = s.loss_terms(self.images, self.targets, self.generator, progress=progress)
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f'synthesis loss {total.item()} at benchmark step {self.step_index}')
+        total.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        with torch.no_grad():
+            self.images.copy_(torch.maximum(torch.minimum(self.images, self.high), self.low))
+        self.step_index += 1
+        self.last_terms = terms
+        return terms
+
+
+class DistillStep:
+    """One fine-tuning step of a :class:`QuantDistiller` on a synthetic batch.
+
+    Args:
+        distiller (QuantDistiller): on its device; its ``had_loss`` is set to ``had_loss`` for
+            each call (None gives the plain KD step), so one model serves both kinds.
+        batch (int): images in the batch.
+        image_size (tuple[int, int]): (H, W).
+        precision (str): 'fp32', 'bf16' or 'fp16'. On CUDA, bf16/fp16 use mmengine's
+            ``AmpOptimWrapper`` (fp16 with its dynamic loss scaling); on CPU, ``torch.autocast``.
+        had_loss (nn.Module | None): L_HAD module or None.
+        lr (float): SGD learning rate (paper recipe: Nesterov momentum 0.9).
+        seed (int): seed of the synthetic pixels.
+    """
+
+    def __init__(self, distiller, batch, image_size, precision='fp32', had_loss=None, lr=1e-3, seed=0):
+        from mmengine.optim import AmpOptimWrapper, OptimWrapper
+        self.distiller = distiller
+        self.had_loss = had_loss
+        device = next(distiller.student.parameters()).device
+        params = [p for p in distiller.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
+        dtype = PRECISIONS[precision]
+        self.autocast = contextlib.nullcontext
+        if dtype is not None and device.type == 'cuda':
+            self.optim_wrapper = AmpOptimWrapper(optimizer=optimizer, dtype=dtype)
+        else:
+            self.optim_wrapper = OptimWrapper(optimizer=optimizer)
+            if dtype is not None:
+                self.autocast = lambda: torch.autocast(device.type, dtype=dtype)
+        g = torch.Generator().manual_seed(int(seed))
+        h, w = image_size
+        pixels = torch.randint(0, 256, (batch, 3, h, w), generator=g, dtype=torch.uint8)
+        self.data = dict(pixels=pixels.to(device), label=torch.randint(10, (batch,), generator=g).to(device))
+        self.last_losses = {}
+
+    def __call__(self):
+        self.distiller.had_loss = self.had_loss
+        self.distiller.train()
+        with self.autocast():
+            self.last_losses = self.distiller.train_step(self.data, self.optim_wrapper)
+        return self.last_losses

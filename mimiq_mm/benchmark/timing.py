@@ -1,0 +1,98 @@
+"""Synchronised step timers and peak-memory readings that work on CPU and CUDA."""
+import gc
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+
+def synchronize(device):
+    device = torch.device(device)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device):
+    """Forget the previous peak (CUDA); a no-op on CPU."""
+    device = torch.device(device)
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def allocated_memory(device):
+    """Bytes held by tensors now (CUDA), None on CPU."""
+    device = torch.device(device)
+    return int(torch.cuda.memory_allocated(device)) if device.type == 'cuda' else None
+
+
+def peak_memory(device):
+    """Peak bytes held by tensors since the last :func:`reset_peak_memory` (CUDA), None on CPU."""
+    device = torch.device(device)
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == 'cuda' else None
+
+
+def time_step(step, device, warmup=3, iters=10):
+    """Time ``step()`` (one full training / synthesis step) after ``warmup`` untimed calls.
+
+    Every timed call is bracketed by synchronisation: CUDA events on the current stream on CUDA
+    (the device is synchronised before the start event and after the end event), a
+    ``perf_counter`` pair on CPU.
+
+    Returns:
+        dict: ``times_ms`` (each timed call), ``ms_mean``, ``ms_median``, ``ms_min``,
+        ``peak_memory_bytes`` (peak tensor memory during the timed calls, CUDA only, else None)
+        and ``memory_before_bytes`` (tensor memory held before the first call, CUDA only).
+    """
+    device = torch.device(device)
+    if iters < 1:
+        raise ValueError(f'iters must be at least 1, got {iters}')
+    reset_peak_memory(device)
+    before = allocated_memory(device)
+    for _ in range(max(int(warmup), 0)):
+        step()
+    synchronize(device)
+    reset_peak_memory(device)
+    times = []
+    for _ in range(int(iters)):
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(float(start.elapsed_time(end)))
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+    synchronize(device)
+    return dict(times_ms=times, ms_mean=statistics.fmean(times), ms_median=statistics.median(times),
+                ms_min=min(times), peak_memory_bytes=peak_memory(device), memory_before_bytes=before)
+
+
+def environment(device, argv=None):
+    """What a result depends on: device name, library versions, threads, command line."""
+    device = torch.device(device)
+    env = dict(python=sys.version.split()[0], platform=platform.platform(), torch=torch.__version__,
+               cuda=torch.version.cuda, device_type=device.type, cpu_threads=torch.get_num_threads(),
+               processor=platform.processor() or platform.machine())
+    if device.type == 'cuda':
+        props = torch.cuda.get_device_properties(device)
+        env.update(device_name=props.name, device_memory_bytes=int(props.total_memory),
+                   cudnn=torch.backends.cudnn.version(),
+                   tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32))
+    else:
+        env['device_name'] = env['processor']
+    for name in ('timm', 'mmengine', 'mmpretrain'):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:  # not installed: not part of this result
+            env[name] = None
+    if argv is not None:
+        env['command'] = ' '.join(argv)
+    return env

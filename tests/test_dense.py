@@ -1,0 +1,422 @@
+"""Dense tasks: Mask R-CNN (Swin) via mmdet and UPerNet (Swin, DeiT) via mmseg.
+
+The end-to-end tests run the project's real configs (configs/mask_rcnn, configs/upernet), shrunk by
+a test config that inherits them, through ``tools/train.py`` (synthesis -> calibration -> a few
+fine-tuning iterations -> validation) and then ``tools/test.py`` and mmdet's / mmseg's own
+``tools/test.py`` on the exported quantized student, on tiny COCO- and ADE20K-format datasets
+drawn by :mod:`dense_data`. Teachers are randomly initialised and saved by the tests; nothing is
+downloaded.
+"""
+import copy
+import glob
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmseg')
+
+from dense_data import make_ade20k, make_coco  # noqa: E402
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TRAIN = osp.join(REPO_ROOT, 'tools', 'train.py')
+TEST = osp.join(REPO_ROOT, 'tools', 'test.py')
+
+MASK_RCNN_CFG = osp.join(REPO_ROOT, 'configs', 'mask_rcnn', 'mask-rcnn_swin-t_mimiq_w4a4.py')
+UPERNET_SWIN_CFG = osp.join(REPO_ROOT, 'configs', 'upernet', 'upernet_swin-t_mimiq_w4a4.py')
+UPERNET_DEIT_CFG = osp.join(REPO_ROOT, 'configs', 'upernet', 'upernet_deit-s_mimiq_w4a4.py')
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models run fastest on one thread; two threads on a busy two-core machine can be
+    a hundred times slower (the OpenMP threads wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# ---------------------------------------------------------------------------- tiny architectures
+TINY_MASK_RCNN = dict(
+    backbone=dict(embed_dims=24, depths=[2, 2], num_heads=[1, 2], window_size=4, out_indices=(0, 1),
+                  drop_path_rate=0.1, init_cfg=None),
+    neck=dict(in_channels=[24, 48], out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(bbox_roi_extractor=dict(out_channels=32),
+                  bbox_head=dict(in_channels=32, fc_out_channels=64),
+                  mask_roi_extractor=dict(out_channels=32),
+                  mask_head=dict(in_channels=32, conv_out_channels=32, num_convs=1)),
+    # a random teacher scores every class near 1/81: keep its boxes so that the metrics see some
+    test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100), rcnn=dict(score_thr=0.0, max_per_img=20)))
+TINY_UPERNET_SWIN = dict(
+    data_preprocessor=dict(size=(SIZE, SIZE)),
+    backbone=dict(embed_dims=24, depths=[2, 2], num_heads=[1, 2], window_size=4, strides=(4, 2),
+                  out_indices=(0, 1), drop_path_rate=0.1, init_cfg=None),
+    decode_head=dict(in_channels=[24, 48], in_index=[0, 1], channels=32, pool_scales=(1, 2)),
+    auxiliary_head=dict(in_channels=48, in_index=1, channels=16))
+TINY_UPERNET_DEIT = dict(
+    pretrained=None,
+    data_preprocessor=dict(size=(SIZE, SIZE)),
+    backbone=dict(img_size=(SIZE, SIZE), patch_size=16, embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2,
+                  out_indices=(0, 1, 2, 3), drop_path_rate=0.1),
+    decode_head=dict(in_channels=[32] * 4, channels=32, pool_scales=(1, 2)),
+    auxiliary_head=dict(in_channels=32, channels=16))
+TINY_TASK = dict(detection=dict(num_rois=32, num_mask_rois=8, prior_rois=4))
+
+TINY_LOOP = dict(
+    synthesis=dict(num_images=4, batch_size=2, steps=2, image_size=(SIZE, SIZE), log_interval=1),
+    batch_size=2, max_iters=2, calibration_batches=1, num_workers=0, val_interval=2)
+
+DET_DATA = '''
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=({size}, {size}), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, ann_file='annotations/instances_val2017.json',
+                                   data_prefix=dict(img='val2017/'), pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+'''
+SEG_DATA = '''
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=({size}, {size}), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root, pipeline=test_pipeline,
+                                   data_prefix=dict(img_path='images/validation',
+                                                    seg_map_path='annotations/validation')))
+test_dataloader = val_dataloader
+'''
+
+
+def write_tiny_config(path, base, data_root, teacher, architecture, task=None, data=DET_DATA):
+    model = dict(teacher_checkpoint=teacher, architecture=architecture)
+    if task:
+        model['task'] = task
+    text = (f'_base_ = [{base!r}]\n'
+            f'data_root = {data_root!r}\n'
+            f'model = {model!r}\n'
+            f'train_cfg = {TINY_LOOP!r}\n'
+            "default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))\n"
+            'randomness = dict(seed=0)\n' + data.format(size=SIZE))
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def build_architecture(cfg_path, seed=0):
+    """The config's ``model.architecture``, built and initialised (no pretrained weights)."""
+    import mimiq_mm  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, DefaultScope
+    cfg = Config.fromfile(cfg_path)
+    torch.manual_seed(seed)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(cfg.model.architecture)
+    model.init_weights()
+    return model.eval()
+
+
+def build_distiller(cfg_path, **overrides):
+    import mimiq_mm  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, DefaultScope
+    cfg = Config.fromfile(cfg_path)
+    cfg.merge_from_dict(overrides)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(cfg.model)
+    return model
+
+
+def save_teacher(cfg_path, out):
+    torch.save(dict(state_dict=build_architecture(cfg_path).state_dict()), out)
+    return out
+
+
+def run_tool(args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable] + list(args), cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'{args[0]} failed ({proc.returncode}):\n{out[-6000:]}'
+    return out
+
+
+def read_test_metrics(work_dir):
+    """The metrics dict that mmengine's LoggerHook dumped after ``runner.test()``."""
+    files = sorted(glob.glob(osp.join(work_dir, '*', '*.json')))
+    assert files, f'no metrics json in {work_dir}'
+    with open(files[-1]) as f:
+        return json.loads(f.read().strip().splitlines()[-1])
+
+
+def train_scalars(work_dir):
+    files = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    assert files, f'no scalars.json in {work_dir}'
+    with open(files[0]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def val_metrics(work_dir):
+    """The last validation metrics logged during training."""
+    records = [r for r in train_scalars(work_dir) if 'mIoU' in r or 'coco/bbox_mAP' in r]
+    assert records, 'no validation ran at the end of training'
+    return records[-1]
+
+
+def mm_tool(package):
+    import importlib
+    return osp.join(osp.dirname(importlib.import_module(package).__file__), '.mim', 'tools', 'test.py')
+
+
+def make_tiny(tmp_path, base, architecture, dataset, task=None):
+    data_root = str(tmp_path / 'data') + '/'
+    if dataset == 'coco':
+        make_coco(data_root, num_images=4, size=SIZE)
+        data = DET_DATA
+    else:
+        make_ade20k(data_root, num_images=4, size=SIZE)
+        data = SEG_DATA
+    cfg = str(tmp_path / 'tiny.py')
+    # first with a placeholder teacher, to build the architecture the teacher checkpoint is made of
+    write_tiny_config(cfg, base, data_root, None, architecture, task, data)
+    teacher = save_teacher(cfg, str(tmp_path / 'teacher.pth'))
+    return write_tiny_config(cfg, base, data_root, teacher, architecture, task, data)
+
+
+def check_training(work_dir, expected_losses):
+    assert osp.isfile(osp.join(work_dir, 'student_w4a4.pth'))
+    manifest = glob.glob(osp.join(work_dir, 'synthetic_mimiq', '*.json'))
+    assert manifest, 'no synthetic set was written'
+    logged = set().union(*[set(r) for r in train_scalars(work_dir)])
+    missing = set(expected_losses) - logged
+    assert not missing, f'losses {missing} were not logged (logged: {sorted(logged)})'
+    for record in train_scalars(work_dir):
+        for key in expected_losses:
+            if key in record:
+                assert torch.isfinite(torch.tensor(float(record[key]))), (key, record[key])
+
+
+def check_metric(metrics, key):
+    assert key in metrics, f'{key} missing from {metrics}'
+    value = float(metrics[key])
+    assert value == -1 or 0.0 <= value <= 100.0, (key, value)
+
+
+# ---------------------------------------------------------------------------- end to end
+def test_mask_rcnn_swin_train_and_test(tmp_path):
+    cfg = make_tiny(tmp_path, MASK_RCNN_CFG, TINY_MASK_RCNN, 'coco', TINY_TASK['detection'])
+    work = str(tmp_path / 'work')
+    out = run_tool([TRAIN, cfg, '--work-dir', work], cwd=str(tmp_path))
+    assert 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out  # validation at the end of training
+    check_training(work, ['loss_kd_fpn', 'loss_kd_rpn_cls', 'loss_kd_rpn_bbox', 'loss_kd_roi_cls',
+                          'loss_kd_roi_bbox', 'loss_kd_mask', 'loss_had'])
+    student = osp.join(work, 'student_w4a4.pth')
+    validated = val_metrics(work)
+    for tool, name in ((TEST, 'ours'), (mm_tool('mmdet'), 'mmdet')):
+        test_dir = str(tmp_path / f'test_{name}')
+        run_tool([tool, cfg, student, '--work-dir', test_dir], cwd=str(tmp_path))
+        metrics = read_test_metrics(test_dir)
+        for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+            check_metric(metrics, key)
+            # the exported student is the trained one, under either tool
+            assert metrics[key] == pytest.approx(validated[key], abs=1e-3), (name, key)
+
+
+@pytest.mark.parametrize('base,arch,mm_test', [
+    (UPERNET_SWIN_CFG, TINY_UPERNET_SWIN, True),
+    (UPERNET_DEIT_CFG, TINY_UPERNET_DEIT, False),
+], ids=['swin', 'deit'])
+def test_upernet_train_and_test(tmp_path, base, arch, mm_test):
+    cfg = make_tiny(tmp_path, base, arch, 'ade20k')
+    work = str(tmp_path / 'work')
+    out = run_tool([TRAIN, cfg, '--work-dir', work], cwd=str(tmp_path))
+    assert 'mIoU' in out
+    check_training(work, ['loss_kd', 'loss_kd_aux', 'loss_had'])
+    student = osp.join(work, 'student_w4a4.pth')
+    tools = [(TEST, 'ours')] + ([(mm_tool('mmseg'), 'mmseg')] if mm_test else [])
+    validated = val_metrics(work)
+    for tool, name in tools:
+        test_dir = str(tmp_path / f'test_{name}')
+        run_tool([tool, cfg, student, '--work-dir', test_dir], cwd=str(tmp_path))
+        metrics = read_test_metrics(test_dir)
+        check_metric(metrics, 'mIoU')
+        # the exported student is the trained one, under either tool
+        assert metrics['mIoU'] == pytest.approx(validated['mIoU'], abs=1e-2), name
+
+
+# ---------------------------------------------------------------------------- in-process checks
+def _tiny_cfg_file(tmp_path, base, architecture, task=None):
+    data = DET_DATA if base == MASK_RCNN_CFG else SEG_DATA
+    return write_tiny_config(str(tmp_path / 'tiny.py'), base, str(tmp_path) + '/', None, architecture, task, data)
+
+
+@pytest.mark.parametrize('base,arch', [(MASK_RCNN_CFG, TINY_MASK_RCNN), (UPERNET_SWIN_CFG, TINY_UPERNET_SWIN)],
+                         ids=['mmdet', 'mmseg'])
+def test_capture_sees_every_swin_block(tmp_path, base, arch):
+    from mimiq_mm.attention import AttentionRecorder, attention_cores, install_attention_capture
+    model = build_architecture(_tiny_cfg_file(tmp_path, base, arch))
+    install_attention_capture(model)
+    depths = arch['backbone']['depths']
+    cores = attention_cores(model)
+    assert len(cores) == sum(depths)
+    shifts = [core.shift_size for core in cores]
+    assert shifts == [(0, 0), (2, 2)] * (sum(depths) // 2)  # every second block is shifted
+    with torch.no_grad(), AttentionRecorder(model, fields=('scores',)) as rec:
+        model.extract_feat(torch.randn(2, 3, SIZE, SIZE))
+    assert [r.name for r in rec.records] == [c.attn_name for c in cores]
+    grid = SIZE // 4
+    for record, stage in zip(rec.records, [i for i, d in enumerate(depths) for _ in range(d)]):
+        side = grid >> stage
+        windows = max(1, -(-side // 4)) ** 2
+        assert record.layout.window_size == (4, 4)
+        assert record.layout.windows_per_image == windows
+        assert record.scores.shape[0] == 2 * windows
+    assert any(r.layout.shift_size == (2, 2) for r in rec.records)
+
+
+def test_deit_segmentor_attention_at_its_input_size(tmp_path):
+    from mimiq_mm.attention import AttentionRecorder, install_attention_capture
+    from mimiq_mm.losses import InterHeadCoherencyLoss
+    model = build_architecture(_tiny_cfg_file(tmp_path, UPERNET_DEIT_CFG, TINY_UPERNET_DEIT))
+    install_attention_capture(model)
+    x = torch.randn(2, 3, SIZE, SIZE, requires_grad=True)
+    with AttentionRecorder(model, fields=('scores',)) as rec:
+        model.extract_feat(x)
+    assert len(rec.records) == TINY_UPERNET_DEIT['backbone']['num_layers']
+    for r in rec.records:
+        assert r.layout.grid == (SIZE // 16, SIZE // 16) and r.layout.num_prefix_tokens == 1
+    InterHeadCoherencyLoss()(rec.records).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('base,arch,task', [
+    (MASK_RCNN_CFG, TINY_MASK_RCNN, TINY_TASK['detection']),
+    (UPERNET_SWIN_CFG, TINY_UPERNET_SWIN, None),
+], ids=['detection', 'segmentation'])
+def test_unquantized_student_reproduces_teacher(tmp_path, base, arch, task):
+    """With quantization switched off the student is the teacher: every distillation term is 0
+    (the drop-path of the tiny backbones, 0.1, has to stay off in the training student). Quantized,
+    the losses are positive, reach the student's parameters only, and the detector student runs on
+    the teacher's proposals."""
+    from mimiq_mm.quant import set_quantization
+    cfg = _tiny_cfg_file(tmp_path, base, arch, task)
+    model = build_distiller(cfg, **{'model.allow_random_teacher': True, 'model.teacher_checkpoint': None})
+    torch.manual_seed(0)
+    model.teacher.init_weights()
+    model.init_weights()  # copies the teacher into the student
+    set_quantization(model.student, weights=False, activations=False)
+    model.train()
+    losses = model(torch.randn(2, 3, SIZE, SIZE), mode='loss')
+    assert losses and 'loss_had' in losses
+    for name, value in losses.items():
+        assert abs(float(value)) < 1e-4, (name, float(value))
+    set_quantization(model.student, weights=True, activations=True)
+    model.calibrate([torch.randn(2, 3, SIZE, SIZE)])
+    assert model.quantizers_initialized()
+    losses = model(torch.randn(2, 3, SIZE, SIZE), mode='loss')
+    total = sum(losses.values())
+    assert float(total) > 1e-4
+    total.backward()
+    grads = [p.grad for p in model.student.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in model.teacher.parameters())
+    if task:  # detection: box and mask outputs are compared RoI by RoI on the teacher's RoIs
+        x = torch.randn(2, 3, SIZE, SIZE)
+        with torch.no_grad():
+            t_out = model.task.forward_tensor(model.teacher, x)
+            s_out = model.task.forward_student(model.student, x, t_out)
+            own = model.task.forward_tensor(model.student, x)
+        assert s_out['rois'] is t_out['rois'] and torch.equal(s_out['mask_rois'], t_out['mask_rois'])
+        assert s_out['cls_score'].shape == t_out['cls_score'].shape
+        assert s_out['mask_pred'].shape[0] == t_out['mask_labels'].shape[0] > 0
+        assert own['rois'].shape[1] == 5
+
+
+@pytest.mark.parametrize('base,arch,task', [
+    (MASK_RCNN_CFG, TINY_MASK_RCNN, TINY_TASK['detection']),
+    (UPERNET_SWIN_CFG, TINY_UPERNET_SWIN, None),
+], ids=['detection', 'segmentation'])
+def test_head_prior_synthesis(tmp_path, base, arch, task):
+    from mimiq_mm.synthesis import ImageSynthesizer
+    model = build_distiller(_tiny_cfg_file(tmp_path, base, arch, task),
+                            **{'model.allow_random_teacher': True, 'model.teacher_checkpoint': None})
+    model.teacher.init_weights()
+    pre = model.data_preprocessor
+    synth = ImageSynthesizer(model.teacher, model.task, (SIZE, SIZE), pre.pixel_mean.flatten().tolist(),
+                             pre.pixel_std.flatten().tolist(), steps=2, log_interval=0)
+    num_classes = model.task.num_classes(model.teacher)
+    assert num_classes == (80 if task else 150)
+    targets = torch.tensor([1, num_classes - 1])
+    terms = synth.loss_terms(torch.zeros(2, 3, SIZE, SIZE, requires_grad=True), targets)
+    assert set(terms) == {'ihc', 'cl', 'tv'}
+    images, final = synth.synthesize(targets, seed=0)
+    assert images.shape == (2, 3, SIZE, SIZE) and all(map(lambda v: v == v, final.values()))
+
+
+def test_classifier_prior(tmp_path):
+    """The other prior: an ImageNet-style classifier (here a tiny mmpretrain Swin) gives L_CL at its own
+    input size; the segmentor then runs only its backbone, for L_IHC."""
+    from mimiq_mm.models.dense import ClassifierPrior, build_synthesis_prior
+    from mimiq_mm.synthesis import ImageSynthesizer
+    model = build_distiller(_tiny_cfg_file(tmp_path, UPERNET_SWIN_CFG, TINY_UPERNET_SWIN),
+                            **{'model.allow_random_teacher': True, 'model.teacher_checkpoint': None})
+    classifier = dict(type='ImageClassifier',
+                      backbone=dict(type='SwinTransformer', arch=dict(embed_dims=16, depths=[2], num_heads=[1]),
+                                    img_size=32, window_size=4, out_indices=(0,)),
+                      neck=dict(type='GlobalAveragePooling'),
+                      head=dict(type='LinearClsHead', num_classes=7, in_channels=16))
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / 'cls.pth')
+    built = ClassifierPrior(copy.deepcopy(classifier)).model
+    torch.save(dict(state_dict=built.state_dict()), ckpt)
+    pre = model.data_preprocessor
+    mean, std = pre.pixel_mean.flatten().tolist(), pre.pixel_std.flatten().tolist()
+    assert build_synthesis_prior(None, mean, std) is None and build_synthesis_prior({'type': 'head'}, mean, std) is None
+    with pytest.raises(ValueError):
+        build_synthesis_prior(dict(type='nope'), mean, std)
+    prior = build_synthesis_prior(dict(type='classifier', model=classifier, checkpoint=ckpt, image_size=32), mean, std)
+    assert isinstance(prior, ClassifierPrior) and prior.num_classes() == 7
+    assert torch.equal(prior.model.head.fc.weight, built.head.fc.weight)  # the checkpoint was loaded
+    calls = []
+    original = model.task.forward_backbone
+    model.task.forward_backbone = lambda m, x: calls.append(x.shape) or original(m, x)
+    synth = ImageSynthesizer(model.teacher, model.task, (SIZE, SIZE), mean, std, steps=1, log_interval=0, prior=prior)
+    images = torch.zeros(2, 3, SIZE, SIZE, requires_grad=True)
+    terms = synth.loss_terms(images, torch.tensor([0, 6]))
+    assert calls and set(terms) == {'ihc', 'cl', 'tv'}
+    sum(terms.values()).backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in prior.parameters())
+
+
+def test_build_task_options_and_unsupported_detector():
+    import torch.nn as nn
+    from mimiq_mm.models.dense import DetectorTask, SegmentorTask
+    from mimiq_mm.models.tasks import build_task
+    task = build_task(nn.Identity(), dict(type='detection', num_rois=7, loss_weights=dict(mask=0.0)))
+    assert isinstance(task, DetectorTask) and task.num_rois == 7 and task.loss_weights['mask'] == 0.0
+    assert isinstance(build_task(nn.Identity(), dict(type='segmentation', aux_weight=0)), SegmentorTask)
+    with pytest.raises(ValueError):
+        DetectorTask(loss_weights=dict(nope=1.0))
+
+    class OneStage(nn.Module):
+        bbox_head = nn.Identity()
+
+    with pytest.raises(NotImplementedError):
+        DetectorTask().num_classes(OneStage())
