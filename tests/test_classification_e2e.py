@@ -169,3 +169,26 @@ def test_two_process_cpu_run_shards_synthesis_and_syncs_quantizers(assets, tmp_p
     assert states[0].keys() == states[1].keys() and states[0]
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_tools_synthesize_makes_a_set_that_training_reuses(assets, tmp_path):
+    out = tmp_path / 'set'
+    proc = run_tool([osp.join(ROOT, 'tools', 'synthesize.py'), CONFIG, '--out-dir', str(out), '--num-images', '4',
+                     '--work-dir', str(tmp_path / 'synth'), '--cfg-options',
+                     f'model.teacher_checkpoint={assets["ckpt"]}', *data_options(assets['data'])])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out / 'manifest.json') as f:
+        assert json.load(f)['num_images'] == 4
+    proc = train(assets, tmp_path / 'reuse', f'train_cfg.synthesis.out_dir={out}', 'train_cfg.synthesis.num_images=4',
+                 'train_cfg.max_iters=1')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'using the finished synthetic set' in proc.stdout + proc.stderr
+
+
+def test_real_data_fine_tuning_uses_the_config_dataset(assets, tmp_path):
+    work_dir = tmp_path / 'real'
+    proc = train(assets, work_dir, 'train_cfg.data_source=real', 'train_dataloader.dataset.data_prefix=test',
+                 'train_dataloader.batch_size=4', 'train_cfg.max_iters=2')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not glob.glob(str(work_dir / 'synthetic_*'))
+    assert [r['iter'] for r in scalars(work_dir) if 'loss' in r] == [1, 2]

@@ -8,6 +8,18 @@ from .ssim import DEFAULT_C1, DEFAULT_C2, global_ssim, minmax_normalize, pairwis
 from .utils import require_field, select_records
 
 
+def _spatial_scores(record):
+    """(B', H, Q, K) view of the spatial query/key block of ``record.scores``."""
+    scores = require_field(record, 'scores')
+    layout = record.layout
+    prefix = layout.num_prefix_tokens
+    spatial = scores[:, :, prefix:, prefix:]
+    if spatial.shape[-1] != layout.num_spatial_tokens or spatial.shape[-2] != layout.num_spatial_tokens:
+        raise ValueError(f"record '{record.name}': scores {tuple(scores.shape)} do not match layout grid "
+                         f'{layout.grid} with {prefix} prefix tokens')
+    return spatial
+
+
 def spatial_head_maps(record, eps=1e-8):
     """Per-query head maps over spatial keys, min-max normalised per head.
 
@@ -21,15 +33,64 @@ def spatial_head_maps(record, eps=1e-8):
         Tensor: (B', Q, H, K) fp32 maps in [0, 1], Q = K = h·w spatial tokens in row-major
         order of ``record.layout.grid``.
     """
-    scores = require_field(record, 'scores')
-    layout = record.layout
-    prefix = layout.num_prefix_tokens
-    spatial = scores[:, :, prefix:, prefix:]
-    if spatial.shape[-1] != layout.num_spatial_tokens or spatial.shape[-2] != layout.num_spatial_tokens:
-        raise ValueError(f"record '{record.name}': scores {tuple(scores.shape)} do not match layout grid "
-                         f'{layout.grid} with {prefix} prefix tokens')
+    spatial = _spatial_scores(record)
     # (B', H, Q, K) -> (B', Q, H, K): the heads of one query are compared with each other.
     return minmax_normalize(spatial.transpose(1, 2), dim=-1, eps=eps)
+
+
+class _CenteredHeadGram(torch.autograd.Function):
+    """Per-query statistics of the heads' score rows, in fp32, with a hand-written backward.
+
+    Input: raw scores ``x`` (B', H, Q, K) (any float dtype, any strides). Outputs, per
+    (sequence, query):
+
+    * ``cov`` (B', Q, H, H): covariances over the keys between the heads' rows, xc·xcᵀ / K with
+      xc = x - mean_k(x);
+    * ``low``, ``high`` (B', Q, H): min and max over the keys of xc.
+
+    The forward makes one fp32 copy of x in (B', Q, H, K) order, centres it in place and keeps it
+    for the backward, which is one batched matmul plus the min/max terms; the autograd graph of
+    the elementwise chain (and its saved temporaries) is never built. Ties at the minimum /
+    maximum share the gradient evenly, as ``amin`` / ``amax`` do.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        b, h, q, k = x.shape
+        xc = torch.empty((b, q, h, k), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        xc.copy_(x.transpose(1, 2))
+        xc.sub_(xc.mean(dim=-1, keepdim=True))
+        if xc.is_cuda:
+            low, high = torch.aminmax(xc, dim=-1)   # one pass on the GPU
+        else:
+            low, high = xc.amin(dim=-1), xc.amax(dim=-1)  # CPU aminmax over the last dim is slow
+        cov = torch.matmul(xc, xc.transpose(-1, -2)).div_(k)
+        ctx.save_for_backward(xc, low, high)
+        ctx.input_dtype = x.dtype
+        return cov, low, high
+
+    @staticmethod
+    def backward(ctx, grad_cov, grad_low, grad_high):
+        xc, low, high = ctx.saved_tensors
+        k = xc.shape[-1]
+        if grad_cov is None:
+            grad = torch.zeros_like(xc)
+        else:
+            grad = torch.matmul(grad_cov + grad_cov.transpose(-1, -2), xc).div_(k)
+        # min / max over the centred row: the gradient goes to the arg-min / arg-max (shared by
+        # ties), minus its mean over the row (the centring's Jacobian); the covariance term
+        # above already has zero row mean.
+        shift = None
+        for g, value in ((grad_low, low), (grad_high, high)):
+            if g is None:
+                continue
+            mask = xc == value.unsqueeze(-1)
+            count = mask.sum(dim=-1, keepdim=True)
+            grad.addcmul_(mask, (g.unsqueeze(-1) / count))
+            shift = g if shift is None else shift + g
+        if shift is not None:
+            grad.sub_(shift.unsqueeze(-1) / k)
+        return grad.transpose(1, 2).to(ctx.input_dtype)
 
 
 @MODELS.register_module()
@@ -118,13 +179,10 @@ class InterHeadCoherencyLoss(nn.Module):
 
     # -- vectorised path ------------------------------------------------------------------------
     def _layer_loss_fast(self, record):
+        if self.ssim == 'global':
+            return self._layer_loss_global_stats(record)
         maps = spatial_head_maps(record, self.eps)            # (B', Q, H, K)
         num_heads = maps.shape[2]
-        if self.ssim == 'global':
-            sim = pairwise_global_ssim(maps, self.c1, self.c2)  # (B', Q, H, H)
-            coherency = self._f(sim).mean(dim=(-2, -1))          # D_q: (B', Q)
-            return (1 - coherency).mean()
-
         grid = record.layout.grid
         self._check_window(grid)
         flat = maps.reshape(-1, num_heads, maps.shape[-1])     # (M, H, K), M = B'·Q
@@ -141,6 +199,27 @@ class InterHeadCoherencyLoss(nn.Module):
             sim = self._windowed_pair_ssim(part[:, idx_i], part[:, idx_j], grid)  # (m·P,)
             pair_sums.append(self._f(sim).view(part.shape[0], num_pairs).sum(dim=-1))
         coherency = (num_heads + 2 * torch.cat(pair_sums)) / num_heads ** 2
+        return (1 - coherency).mean()
+
+    def _layer_loss_global_stats(self, record):
+        """Global-SSIM L_IHC of one layer from per-row statistics of the raw scores.
+
+        Min-max normalisation is affine per (sequence, head, query) row, m = (x - lo) / r with
+        r = hi - lo + eps, so the statistics of the normalised maps follow from those of the raw
+        scores: μ_m = (μ_x - lo) / r and cov_m(i, j) = cov_x(i, j) / (r_i r_j). Only the centred
+        head Gram matrix per query (one batched matmul), the row minima/maxima and the means are
+        computed over the keys (in fp32); the normalised maps are never built.
+        """
+        spatial = _spatial_scores(record)                             # (B', H, Q, K) view
+        cov, low, high = _CenteredHeadGram.apply(spatial)              # (B', Q, H, H), (B', Q, H) x2
+        r = high - low + self.eps
+        mu = -low / r                                                  # mean of the normalised map
+        cov = cov / (r.unsqueeze(-1) * r.unsqueeze(-2))
+        var = cov.diagonal(dim1=-2, dim2=-1)
+        mu_i, mu_j = mu.unsqueeze(-1), mu.unsqueeze(-2)
+        luminance = (2 * mu_i * mu_j + self.c1) / (mu_i.pow(2) + mu_j.pow(2) + self.c1)
+        contrast_structure = (2 * cov + self.c2) / (var.unsqueeze(-1) + var.unsqueeze(-2) + self.c2)
+        coherency = self._f(luminance * contrast_structure).mean(dim=(-2, -1))   # D_q: (B', Q)
         return (1 - coherency).mean()
 
     # -- reference path: explicit loops over head pairs ----------------------------------------

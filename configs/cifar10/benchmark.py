@@ -1,0 +1,96 @@
+# The recipe of tools/benchmark/cifar10_table.py: teachers, the methods compared (rows of the table),
+# bit-widths (columns) and the scale presets that size every stage. Read with mmengine's Config;
+# give another file with --benchmark-config, or override single values on the command line
+# (--teacher-epochs, --synth-images, --synth-steps, --ft-iters, ...; see --help).
+#
+# Methods follow the paper's Table 1 (baselines vs MimiQ vs "Real-Data FT") and Table 4 (ablation
+# of the synthesis and distillation losses):
+#   noise_ptq  post-training quantization (min-max) calibrated on Gaussian noise, no fine-tuning
+#   psaq       PSAQ-ViT: patch-similarity-entropy synthesis, min-max PTQ on 32 images
+#   base       base synthesis (L_CL + L_TV) + KL fine-tuning                (Table 4, row 1)
+#   ihc        IHC synthesis (L_IHC + L_CL + L_TV) + KL = MimiQ without HAD (Table 4, row 4)
+#   mimiq      IHC synthesis + KL + HAD = MimiQ                             (Table 4, row 5)
+#   real_ft    the same QAT recipe (KL + HAD) on the real train split: the upper reference
+# The synthetic set of each synthesis method is made once per teacher (ihc and mimiq share one)
+# and reused by every bit-width and seed (train_cfg.synthesis.out_dir).
+benchmark = 'cifar10'
+
+teachers = dict(
+    vit=dict(label='ViT (DeiT-S-style, patch 2, class token, 6 heads)'),
+    swin=dict(label='Swin (patch 2, window 4)'),
+)
+
+methods = dict(  # insertion order = row order of the table
+    noise_ptq=dict(label='Gaussian-noise PTQ', data='synthetic', synthesis='noise', finetune=False, had=False),
+    psaq=dict(label='PSAQ-ViT (PTQ on PSAQ images)', data='synthetic', synthesis='psaq', finetune=False,
+              had=False),
+    base=dict(label='Base synthesis (CL+TV) + KL', data='synthetic', synthesis='base', finetune=True, had=False),
+    ihc=dict(label='IHC + KL (MimiQ w/o HAD)', data='synthetic', synthesis='mimiq', finetune=True, had=False),
+    mimiq=dict(label='IHC + KL + HAD (MimiQ)', data='synthetic', synthesis='mimiq', finetune=True, had=True),
+    real_ft=dict(label='Real-data FT (same QAT recipe, train split)', data='real', finetune=True, had=True),
+)
+
+headline_bits = ['w3a3', 'w2a4']
+all_bits = ['w3a3', 'w2a4', 'w4a4', 'w5a5', 'w4a8']
+
+# Synthesis settings common to every scale (paper section 6.1 and implementation notes).
+synthesis_common = dict(lr=0.1, alpha=1.0, beta=2.5e-5, ihc=dict(similarity='abs', ssim='global'), seed=0)
+
+# SimCLR-style augmentation of synthetic batches during fine-tuning, sized for 32x32 images.
+ft_augment = dict(crop_scale=(0.6, 1.0), flip=0.5, jitter=0.2, jitter_prob=0.8, grayscale=0.0, blur=0.1)
+
+scales = {
+    # CPU smoke test of the driver on tiny generated data: every stage runs, the figures mean nothing.
+    'smoke': dict(
+        description='CPU smoke test of the driver on tiny data; the figures mean nothing',
+        teacher_configs=dict(vit='configs/cifar10/vit-smoke_cifar10.py', swin='configs/cifar10/swin-smoke_cifar10.py'),
+        teachers=['vit'], bits=['w3a3'], seeds=[0],
+        teacher=dict(epochs=2, warmup_epochs=0, batch_size=8, lr=1e-3, weight_decay=0.05, max_seconds=None),
+        synthesis=dict(num_images=8, batch_size=4, steps=2, noise_images=8, psaq_images=8, amp_dtype=None,
+                       log_interval=1),
+        finetune=dict(iters=4, batch_size=4, lr=5e-3, schedule='cosine', act_method='lsq', kd_temperature=1.0,
+                      had_gamma=1.0, calibration_batches=1, augment=ft_augment, drop_path_rate=0.0,
+                      checkpoint_interval=1000),
+        ptq=dict(batch_size=4, act_method='minmax'),
+        eval=dict(batch_size=16),
+        workers=0,
+        estimates=dict(teacher=30, synth=10, quant=10, eval=5),
+    ),
+    # One H100 session of about 30 device minutes (commands of <= 10 minutes): the main ViT teacher
+    # (~5 min), three synthetic sets (~1 min each), 16 fine-tuning + 8 PTQ units at the two headline
+    # bit-widths and 2 seeds (~25 s each). Swin and W4/A4, W5/A5, W4/A8 only if time is left.
+    'gpu-30min': dict(
+        description='one ~30 GPU-minute session on an H100: small teachers, 1K synthetic images, '
+                    '500 fine-tuning iterations; far below the paper recipe',
+        teacher_configs=dict(vit='configs/cifar10/vit-mini_p2_cifar10.py',
+                             swin='configs/cifar10/swin-mini_p2w4_cifar10.py'),
+        teachers=['vit'], bits=['w3a3', 'w2a4'], seeds=[0, 1],
+        teacher=dict(epochs=60, warmup_epochs=5, batch_size=256, lr=1e-3, weight_decay=0.05, max_seconds=300),
+        synthesis=dict(num_images=1024, batch_size=128, steps=250, noise_images=128, psaq_images=32,
+                       amp_dtype=None, log_interval=50),
+        finetune=dict(iters=500, batch_size=128, lr=1e-2, schedule='cosine', act_method='lsq',
+                      kd_temperature=1.0, had_gamma=1.0, calibration_batches=4, augment=ft_augment,
+                      drop_path_rate=0.0, checkpoint_interval=250),
+        ptq=dict(batch_size=16, act_method='minmax'),
+        eval=dict(batch_size=500),
+        workers=10,
+        estimates=dict(teacher=320, synth=70, quant=30, eval=8),
+    ),
+    # The paper's data-free recipe (10K images x 2K steps, 200 epochs of SGD at batch 16, lr decay at
+    # epochs 50 and 100) on DeiT-S-sized teachers: many GPU-hours.
+    'paper': dict(
+        description="the paper's recipe (10K synthetic images x 2K steps, 200 fine-tuning epochs); GPU-hours",
+        teacher_configs=dict(vit='configs/cifar10/deit-s_p2_cifar10.py', swin='configs/cifar10/swin-t_p2w4_cifar10.py'),
+        teachers=['vit', 'swin'], bits=all_bits, seeds=[0, 1, 2],
+        teacher=dict(epochs=300, warmup_epochs=10, batch_size=256, lr=1e-3, weight_decay=0.05, max_seconds=None),
+        synthesis=dict(num_images=10000, batch_size=32, steps=2000, noise_images=128, psaq_images=32,
+                       amp_dtype=None, log_interval=500),
+        finetune=dict(iters=125000, batch_size=16, lr=1e-3, schedule='paper', milestones=[31250, 62500],
+                      act_method='lsq', kd_temperature=1.0, had_gamma=10.0, calibration_batches=4,
+                      augment=ft_augment, drop_path_rate=0.0, checkpoint_interval=5000),
+        ptq=dict(batch_size=16, act_method='minmax'),
+        eval=dict(batch_size=500),
+        workers=10,
+        estimates=dict(teacher=7200, synth=7200, quant=7200, eval=10),
+    ),
+}

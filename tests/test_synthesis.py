@@ -1,0 +1,135 @@
+"""Synthesis: every method runs, pixels stay valid, sets resume after interruption, settings are
+guarded, non-finite batches are redrawn."""
+import json
+import os
+
+import pytest
+import timm
+import torch
+
+import mimiq_mm  # noqa: F401
+from mimiq_mm.models.tasks import ClassifierTask
+from mimiq_mm.synthesis import ImageSynthesizer, SyntheticSet, synthesize_set
+from mimiq_mm.datasets import SyntheticImageDataset
+
+MEAN, STD = [127.5] * 3, [127.5] * 3
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=16, patch_size=4, embed_dim=24,
+                             depth=2, num_heads=3, num_classes=4)
+
+
+def synthesizer(method='mimiq', steps=3, **kwargs):
+    return ImageSynthesizer(tiny_vit(), ClassifierTask(), (16, 16), MEAN, STD, method=method, steps=steps,
+                            log_interval=0, **kwargs)
+
+
+@pytest.mark.parametrize('method', ['mimiq', 'base', 'psaq', 'noise'])
+def test_every_method_makes_valid_images(method):
+    synth = synthesizer(method)
+    images, losses = synth.synthesize(torch.tensor([0, 1, 2, 3]), seed=0)
+    low, high = synth.valid_range()
+    assert images.shape == (4, 3, 16, 16)
+    assert torch.isfinite(images).all()
+    assert (images >= low - 1e-6).all() and (images <= high + 1e-6).all()
+    expected = {'mimiq': {'ihc', 'cl', 'tv'}, 'base': {'cl', 'tv'}, 'psaq': {'psaq', 'cl', 'tv'}, 'noise': set()}
+    assert set(losses) == expected[method]
+
+
+def test_optimisation_lowers_the_synthesis_loss():
+    synth = synthesizer('mimiq', steps=1)
+    targets = torch.tensor([0, 1, 2, 3])
+    _, first = synth.synthesize(targets, seed=0)
+    synth.steps = 40
+    _, last = synth.synthesize(targets, seed=0)
+    assert sum(last.values()) < sum(first.values())
+
+
+def test_same_seed_same_images():
+    a, _ = synthesizer('base').synthesize(torch.tensor([0, 1]), seed=7)
+    b, _ = synthesizer('base').synthesize(torch.tensor([0, 1]), seed=7)
+    c, _ = synthesizer('base').synthesize(torch.tensor([0, 1]), seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_non_finite_batch_is_redrawn(caplog):
+    synth = synthesizer('base', steps=2)
+    calls = {'n': 0}
+    original = synth.loss_terms
+
+    def flaky(*args, **kwargs):
+        terms = original(*args, **kwargs)
+        calls['n'] += 1
+        if calls['n'] == 1:  # the first step of the first attempt goes NaN
+            terms['cl'] = terms['cl'] * float('nan')
+        return terms
+
+    synth.loss_terms = flaky
+    images, _ = synth.synthesize(torch.tensor([0, 1]), seed=0)
+    assert torch.isfinite(images).all()
+    assert calls['n'] == 1 + 2  # one failed step, then a full redraw
+
+
+def settings(**over):
+    return dict(dict(method='mimiq', num_images=10, batch_size=4, base_seed=0, steps=3), **over)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_synthesis_resumes_where_it_stopped(tmp_path):
+    root = str(tmp_path / 'set')
+    synth = synthesizer('mimiq')
+    original = synth.synthesize
+    done = []
+
+    def stop_after_one(*args, **kwargs):
+        if done:
+            raise Interrupt()
+        done.append(1)
+        return original(*args, **kwargs)
+
+    synth.synthesize = stop_after_one
+    with pytest.raises(Interrupt):
+        synthesize_set(synth, SyntheticSet(root, settings()), num_classes=4)
+    first_file = os.path.join(root, 'images', '000000.png')
+    mtime = os.path.getmtime(first_file)
+    assert not os.path.isfile(os.path.join(root, 'manifest.json'))
+
+    resumed = synthesizer('mimiq')
+    made = []
+    original_resumed = resumed.synthesize
+    resumed.synthesize = lambda *a, **k: made.append(1) or original_resumed(*a, **k)
+    manifest = synthesize_set(resumed, SyntheticSet(root, settings()), num_classes=4)
+    assert len(made) == 2, 'only the two unfinished batches are made again'
+    assert os.path.getmtime(first_file) == mtime
+    assert manifest['num_images'] == 10
+    files = [im['file'] for im in manifest['images']]
+    assert len(set(files)) == 10
+    data = SyntheticImageDataset(root)
+    assert len(data) == 10 and data[9]['pixels'].shape == (3, 16, 16) and data[9]['pixels'].dtype == torch.uint8
+    with open(os.path.join(root, 'manifest.json')) as f:
+        saved = json.load(f)
+    assert saved['settings']['method'] == 'mimiq' and 'losses' in saved['batches']['0']
+    assert sorted(saved['batches']) == ['0', '1', '2']
+
+
+def test_labels_cover_the_classes_evenly(tmp_path):
+    synthetic = SyntheticSet(str(tmp_path), settings(num_images=8))
+    labels = torch.cat([synthetic.batch_targets(b, 4) for b in range(2)])
+    assert torch.bincount(labels, minlength=4).tolist() == [2, 2, 2, 2]
+
+
+def test_a_set_made_with_other_settings_is_refused(tmp_path):
+    root = str(tmp_path / 'set')
+    synthesize_set(synthesizer('base', steps=1), SyntheticSet(root, settings(method='base', num_images=4)), 4)
+    with pytest.raises(ValueError, match='other settings'):
+        SyntheticSet(root, settings(method='mimiq', num_images=4)).finished_batches()
+
+
+def test_reading_an_unfinished_set_says_how_to_finish_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match='tools/synthesize.py'):
+        SyntheticImageDataset(str(tmp_path))
