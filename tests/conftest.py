@@ -11,3 +11,18 @@ def work_dir(tmp_path):
     path = tmp_path / 'work_dir'
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True)
+def isolate_default_scope():
+    """Tests that build mmpretrain/mmdet/mmseg models set mmengine's global default scope; restore
+    it afterwards so the next test builds from the registry it names, whatever ran before."""
+    try:
+        from mmengine.registry import DefaultScope
+    except ImportError:
+        yield
+        return
+    saved = dict(DefaultScope._instance_dict)
+    yield
+    DefaultScope._instance_dict.clear()
+    DefaultScope._instance_dict.update(saved)

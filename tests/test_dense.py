@@ -179,9 +179,11 @@ def val_metrics(work_dir):
     return records[-1]
 
 
-def mm_tool(package):
+def mm_tools(package):
+    """[(path, name)] of the package's own tools/test.py, as pip installs it (empty if absent)."""
     import importlib
-    return osp.join(osp.dirname(importlib.import_module(package).__file__), '.mim', 'tools', 'test.py')
+    path = osp.join(osp.dirname(importlib.import_module(package).__file__), '.mim', 'tools', 'test.py')
+    return [(path, package)] if osp.isfile(path) else []
 
 
 def make_tiny(tmp_path, base, architecture, dataset, task=None):
@@ -228,7 +230,7 @@ def test_mask_rcnn_swin_train_and_test(tmp_path):
                           'loss_kd_roi_bbox', 'loss_kd_mask', 'loss_had'])
     student = osp.join(work, 'student_w4a4.pth')
     validated = val_metrics(work)
-    for tool, name in ((TEST, 'ours'), (mm_tool('mmdet'), 'mmdet')):
+    for tool, name in [(TEST, 'ours')] + mm_tools('mmdet'):
         test_dir = str(tmp_path / f'test_{name}')
         run_tool([tool, cfg, student, '--work-dir', test_dir], cwd=str(tmp_path))
         metrics = read_test_metrics(test_dir)
@@ -249,7 +251,7 @@ def test_upernet_train_and_test(tmp_path, base, arch, mm_test):
     assert 'mIoU' in out
     check_training(work, ['loss_kd', 'loss_kd_aux', 'loss_had'])
     student = osp.join(work, 'student_w4a4.pth')
-    tools = [(TEST, 'ours')] + ([(mm_tool('mmseg'), 'mmseg')] if mm_test else [])
+    tools = [(TEST, 'ours')] + (mm_tools('mmseg') if mm_test else [])
     validated = val_metrics(work)
     for tool, name in tools:
         test_dir = str(tmp_path / f'test_{name}')

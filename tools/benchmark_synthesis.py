@@ -42,6 +42,9 @@ def parse_args(argv=None):
                    help='which step kinds to time')
     p.add_argument('--ihc-impl', choices=['fast', 'reference'], default=None,
                    help='L_IHC implementation (default: the config\'s, i.e. fast)')
+    p.add_argument('--cpu-timer', choices=['wall', 'process'], default='wall',
+                   help="on CPU: time steps by wall clock or by this process's CPU time (steadier on a "
+                        'shared machine with --threads 1); CUDA always uses events')
     p.add_argument('--tf32', action='store_true', help='allow TF32 matmuls on CUDA (off by default)')
     p.add_argument('--threads', type=int, default=None, help='CPU threads (torch.set_num_threads)')
     p.add_argument('--seed', type=int, default=0)
@@ -82,7 +85,8 @@ def main(argv=None):
     print(f'benchmarking {setup.name} on {device}, batch {args.batch}, {args.precision}, '
           f'{args.warmup} warm-up + {args.iters} timed steps each')
     result = run_benchmark(setup, args.batch, precision=args.precision, device=device, warmup=args.warmup,
-                           iters=args.iters, kinds=args.steps, ihc_impl=args.ihc_impl, argv=command)
+                           iters=args.iters, kinds=args.steps, ihc_impl=args.ihc_impl, timer=args.cpu_timer,
+                           argv=command)
     result['tf32'] = bool(args.tf32) if device.startswith('cuda') else None
     print(format_table(result))
     path = write_result(result, args.out or default_out_path(result))

@@ -13,7 +13,6 @@ Usage: python tools/demo.py [--work-dir work_dirs/demo] [--data-root data/digits
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 import time
@@ -61,12 +60,11 @@ def main():
     teacher_dir = osp.join(args.work_dir, 'teacher')
     teacher_ckpt = osp.join(teacher_dir, 'epoch_30.pth')
     t0 = time.time()
-    runner = build_runner(CONFIGS['teacher'], teacher_dir, args.data_root)
-    if not osp.isfile(teacher_ckpt):
+    trained = osp.isfile(teacher_ckpt)  # a second `make demo` reuses the teacher
+    runner = build_runner(CONFIGS['teacher'], teacher_dir, args.data_root,
+                          extra={'load_from': teacher_ckpt} if trained else None)
+    if not trained:
         runner.train()
-    else:
-        runner.cfg.load_from = teacher_ckpt
-        runner._load_from = teacher_ckpt
     results['FP teacher'] = top1(runner.test())
     timings['FP teacher'] = time.time() - t0
 

@@ -7,7 +7,9 @@ Adapters (one per backbone family) compute q, k, v with the block's own weights 
   (q and k of q·kᵀ; probabilities and v of attn·v),
 * hands the per-head scores, probabilities and outputs to an active recorder, and
 * otherwise uses PyTorch's fused ``scaled_dot_product_attention``, so a model that is neither
-  recorded nor quantized runs as fast as the original.
+  recorded nor quantized runs as fast as the original; so does a float model whose recorders
+  want only the per-head outputs. The explicit path computes the scores once and reuses them for
+  the softmax, so recording adds no pass over the N×N matrices.
 """
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -15,6 +17,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+_OUTPUT_ONLY = frozenset({'outputs'})
 
 
 @dataclass
@@ -159,10 +163,16 @@ class AttentionCore(nn.Module):
         q = self.query_quantizer(q)
         k = self.key_quantizer(k)
         v = self.value_quantizer(v)
-        if not recorders and not self.quantized:
+        if not self.quantized and all(_OUTPUT_ONLY.issuperset(rec.fields) for rec in recorders):
+            # Nothing needs the N×N matrices (no recorder, or recorders of the head outputs only,
+            # e.g. L_HAD's teacher and PSAQ): the fused kernel gives the same outputs.
             attn_mask = self._additive_mask(bias, window_mask, q)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                                  scale=scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+            if recorders:
+                layout = self.layout(q.shape[-2], q.shape[0], shifted=window_mask is not None)
+                for rec in recorders:
+                    rec.add(self.attn_name, layout, outputs=out)
+            return out
 
         scores = (q * scale) @ k.transpose(-2, -1)
         logits = scores

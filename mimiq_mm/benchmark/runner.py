@@ -121,7 +121,7 @@ def make_step(setup, kind, batch, precision, ihc_impl=None, seed=0):
 
 
 def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, kinds=STEP_KINDS,
-                  ihc_impl=None, argv=None, log=print):
+                  ihc_impl=None, timer='wall', argv=None, log=print):
     """Time each step kind in ``kinds`` on ``setup``; returns the JSON-ready result dict."""
     device = torch.device(device)
     setup.distiller.to(device)
@@ -135,7 +135,7 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
         if kind not in STEP_KINDS:
             raise ValueError(f'unknown step kind {kind!r}; choose from {STEP_KINDS}')
         step = make_step(setup, kind, batch, precision, ihc_impl=ihc_impl)
-        timing = time_step(step, device, warmup=warmup, iters=iters)
+        timing = time_step(step, device, warmup=warmup, iters=iters, timer=timer)
         values = step.last_terms if kind in SYNTHESIS_METHODS else step.last_losses
         timing['loss_terms'] = {k: float(torch.as_tensor(v).detach().float().mean().item()) for k, v in values.items()}
         timing['description'] = DESCRIPTIONS[kind]
@@ -153,7 +153,8 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
     ratios = {f'{k}_vs_{BASELINE[k]}': steps[k]['ratio'] for k in steps if steps[k]['ratio'] is not None}
     result = dict(
         model=setup.name, device=device.type, precision=precision, batch=batch, image_size=list(setup.image_size),
-        warmup=warmup, iters=iters, ihc_impl=ihc_impl or 'fast',
+        warmup=warmup, iters=iters, timer=timer if device.type != 'cuda' else 'cuda-events',
+        ihc_impl=ihc_impl or 'fast',
         quant=dict(w_bits=d.quant_cfg.w_bits, a_bits=d.quant_cfg.a_bits, act_method=d.quant_cfg.act_method),
         had=setup.had, steps=steps, ratios=ratios, targets=TARGETS,
         environment=environment(device, argv))
@@ -163,7 +164,7 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
 def format_table(result):
     """A plain-text table of a result dict."""
     lines = [f"{result['model']}  batch {result['batch']}  {result['precision']}  {result['device']} "
-             f"({result['environment'].get('device_name')})",
+             f"({result['environment'].get('device_name')}), timer: {result.get('timer', 'wall')}",
              f"{'step':8s} {'what':34s} {'ms/step':>10s} {'img-steps/s':>12s} {'ratio':>12s} {'peak mem':>10s}"]
     for kind, t in result['steps'].items():
         ratio = f"{t['ratio']:.3f}x {t['ratio_vs']}" if t['ratio'] is not None else '-'

@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from .ssim import as_float32, global_ssim
+from .ssim import as_float32
 from .utils import require_field, select_records
 
 HAD_METRICS = ('dssim', 'mse', 'l1', 'kl')
@@ -79,15 +79,14 @@ class HeadAttentionDistillLoss(nn.Module):
         if student.layout.num_prefix_tokens != prefix:
             raise ValueError(f"teacher '{teacher.name}' and student '{student.name}' disagree on prefix tokens "
                              f'({prefix} vs {student.layout.num_prefix_tokens})')
-        # (B', H, N, D) -> (B', H, N'·D): one map per (sequence, head).
+        if self.metric == 'dssim':
+            # (B', H, N, D) -> (B', H, N'·D): one map per (sequence, head); a view, no copy.
+            t = t_out.detach()[:, :, prefix:, :].flatten(2)
+            s = s_out[:, :, prefix:, :].flatten(2)
+            return self._dssim(t, s).mean()
         t = as_float32(t_out.detach()[:, :, prefix:, :]).flatten(2)
         s = as_float32(s_out[:, :, prefix:, :]).flatten(2)
-        if self.metric == 'dssim':
-            data_range = (t.amax(dim=-1) - t.amin(dim=-1)).clamp_min(self.min_range)   # (B', H)
-            c1 = (self.k1 * data_range).pow(2)
-            c2 = (self.k2 * data_range).pow(2)
-            dist = 1 - global_ssim(t, s, c1=c1, c2=c2, dim=-1).abs()
-        elif self.metric == 'mse':
+        if self.metric == 'mse':
             dist = (t - s).pow(2).mean(dim=-1)
         elif self.metric == 'l1':
             dist = (t - s).abs().mean(dim=-1)
@@ -95,3 +94,74 @@ class HeadAttentionDistillLoss(nn.Module):
             dist = F.kl_div(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), reduction='none',
                             log_target=True).sum(dim=-1)
         return dist.mean()  # over sequences and heads
+
+    def _dssim(self, t, s):
+        """1 - |SSIM(t, s)| per (sequence, head) with whole-map fp32 statistics: (B', H).
+
+        Same value as ``1 - |global_ssim(t, s, c1, c2)|`` on fp32 copies, computed from the maps'
+        moments (:class:`_StudentMoments`) so only the per-map statistics join the autograd graph.
+        """
+        with torch.no_grad():
+            t32 = as_float32(t)
+            var_t, mu_t = _var_mean(t32)
+            if t32.is_cuda:
+                low, high = torch.aminmax(t32, dim=-1)
+            else:
+                low, high = t32.amin(dim=-1), t32.amax(dim=-1)
+            data_range = (high - low).clamp_min(self.min_range)                  # (B', H)
+        c1 = (self.k1 * data_range).pow(2)
+        c2 = (self.k2 * data_range).pow(2)
+        mu_s, var_s, cov = _StudentMoments.apply(s, t, mu_t)
+        luminance = (2 * mu_t * mu_s + c1) / (mu_t.pow(2) + mu_s.pow(2) + c1)
+        contrast_structure = (2 * cov + c2) / (var_t + var_s + c2)
+        return 1 - (luminance * contrast_structure).abs()
+
+
+def _var_mean(x):
+    """Population variance and mean over the last dimension (two-pass, fp32 inputs)."""
+    if x.is_cuda:
+        return torch.var_mean(x, dim=-1, correction=0)  # one fused pass
+    mu = x.mean(dim=-1)
+    xc = x - mu.unsqueeze(-1)
+    return _row_dot(xc, xc).div_(x.shape[-1]), mu  # the CPU var_mean kernel is several times slower
+
+
+def _row_dot(a, b):
+    """Σ_k a[..., k]·b[..., k]."""
+    if a.is_cuda:
+        return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).view(a.shape[:-1])  # batched GEMV, no temporary
+    return torch.linalg.vecdot(a, b)
+
+
+class _StudentMoments(torch.autograd.Function):
+    """Mean and variance of the student maps ``s`` and their covariance with the teacher maps
+    ``t`` (both (..., M), any float dtype; computed in fp32), differentiable in ``s`` only.
+
+    Forward: one variance/mean pass over s and one centred dot product with t. Backward:
+    ∂L/∂s = (g_μ + 2 g_var (s - μ_s) + g_cov (t - μ_t)) / M, one fused pass; nothing of size M is
+    saved beyond references to the inputs.
+    """
+
+    @staticmethod
+    def forward(ctx, s, t, mu_t):
+        num = s.shape[-1]
+        s32, t32 = as_float32(s), as_float32(t)
+        var_s, mu_s = _var_mean(s32)
+        cov = _row_dot(t32 - mu_t.unsqueeze(-1), s32).div_(num)
+        ctx.save_for_backward(s, t, mu_s, mu_t)
+        return mu_s, var_s, cov
+
+    @staticmethod
+    def backward(ctx, grad_mu, grad_var, grad_cov):
+        s, t, mu_s, mu_t = ctx.saved_tensors
+        num = s.shape[-1]
+        zeros = torch.zeros_like(mu_s)
+        grad_mu = zeros if grad_mu is None else grad_mu
+        grad_var = zeros if grad_var is None else grad_var
+        grad_cov = zeros if grad_cov is None else grad_cov
+        a = (2.0 / num) * grad_var                                    # coefficient of s
+        b = grad_cov / num                                             # coefficient of t
+        c = grad_mu / num - a * mu_s - b * mu_t                        # constant
+        grad = torch.addcmul(c.unsqueeze(-1), s, a.unsqueeze(-1))      # fp32 (type promotion)
+        grad.addcmul_(t, b.unsqueeze(-1))
+        return grad.to(s.dtype), None, None

@@ -39,58 +39,63 @@ def spatial_head_maps(record, eps=1e-8):
 
 
 class _CenteredHeadGram(torch.autograd.Function):
-    """Per-query statistics of the heads' score rows, in fp32, with a hand-written backward.
+    """Per-query statistics of the heads' spatial score rows, in fp32, with a hand-written backward.
 
-    Input: raw scores ``x`` (B', H, Q, K) (any float dtype, any strides). Outputs, per
-    (sequence, query):
+    Input: the scores (B', H, N, N) of one attention call (any float dtype) and the number of
+    prefix tokens p; x = scores[:, :, p:, p:] is (B', H, Q, K). Outputs, per (sequence, query):
 
     * ``cov`` (B', Q, H, H): covariances over the keys between the heads' rows, xc·xcᵀ / K with
       xc = x - mean_k(x);
     * ``low``, ``high`` (B', Q, H): min and max over the keys of xc.
 
-    The forward makes one fp32 copy of x in (B', Q, H, K) order, centres it in place and keeps it
-    for the backward, which is one batched matmul plus the min/max terms; the autograd graph of
-    the elementwise chain (and its saved temporaries) is never built. Ties at the minimum /
-    maximum share the gradient evenly, as ``amin`` / ``amax`` do.
+    The forward writes xc once, in fp32 and (B', Q, H, K) order (the upcast, the transpose and the
+    centring in one pass), and keeps it for the backward, which is one batched matmul (the
+    centring and min/max terms enter as its broadcast additive input), two scatters of B'·Q·H
+    values and the write into the scores' gradient. No autograd graph of the elementwise chain,
+    and none of its saved temporaries, is built.
+
+    At an exact tie for a row's minimum (maximum), its gradient goes to one of the tied keys, as
+    for ``torch.min(dim)``; ``amin`` would split it evenly. Both are valid subgradients and the
+    loss value is the same; the split would cost several extra passes over the maps.
     """
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, scores, prefix):
+        x = scores[:, :, prefix:, prefix:]
         b, h, q, k = x.shape
-        xc = torch.empty((b, q, h, k), dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-        xc.copy_(x.transpose(1, 2))
-        xc.sub_(xc.mean(dim=-1, keepdim=True))
-        if xc.is_cuda:
-            low, high = torch.aminmax(xc, dim=-1)   # one pass on the GPU
-        else:
-            low, high = xc.amin(dim=-1), xc.amax(dim=-1)  # CPU aminmax over the last dim is slow
+        acc = torch.promote_types(x.dtype, torch.float32)
+        mean = x.mean(dim=-1, keepdim=True, dtype=acc)
+        xc = torch.empty((b, q, h, k), dtype=acc, device=x.device)
+        torch.sub(x.transpose(1, 2), mean.transpose(1, 2), out=xc)
+        low, arg_low = xc.min(dim=-1)
+        high, arg_high = xc.max(dim=-1)
         cov = torch.matmul(xc, xc.transpose(-1, -2)).div_(k)
-        ctx.save_for_backward(xc, low, high)
-        ctx.input_dtype = x.dtype
+        ctx.save_for_backward(xc, arg_low, arg_high)
+        ctx.mark_non_differentiable(arg_low, arg_high)
+        ctx.prefix = prefix
+        ctx.scores_shape, ctx.scores_dtype = scores.shape, scores.dtype
         return cov, low, high
 
     @staticmethod
     def backward(ctx, grad_cov, grad_low, grad_high):
-        xc, low, high = ctx.saved_tensors
-        k = xc.shape[-1]
-        if grad_cov is None:
-            grad = torch.zeros_like(xc)
+        xc, arg_low, arg_high = ctx.saved_tensors
+        b, q, h, k = xc.shape
+        # A row's min / max passes its gradient to its arg-min / arg-max key, minus the row mean
+        # of that (the Jacobian of the centring); d cov / d x = (G + Gᵀ)·xc / K has zero row mean.
+        grads = [(g, i) for g, i in ((grad_low, arg_low), (grad_high, arg_high)) if g is not None]
+        shift = sum(g for g, _ in grads) / -k if grads else xc.new_zeros((b, q, h))
+        if grad_cov is not None:
+            sym = (grad_cov + grad_cov.transpose(-1, -2)).reshape(b * q, h, h)
+            grad = torch.baddbmm(shift.reshape(b * q, h, 1), sym, xc.view(b * q, h, k), alpha=1.0 / k)
+            grad = grad.view(b, q, h, k)
         else:
-            grad = torch.matmul(grad_cov + grad_cov.transpose(-1, -2), xc).div_(k)
-        # min / max over the centred row: the gradient goes to the arg-min / arg-max (shared by
-        # ties), minus its mean over the row (the centring's Jacobian); the covariance term
-        # above already has zero row mean.
-        shift = None
-        for g, value in ((grad_low, low), (grad_high, high)):
-            if g is None:
-                continue
-            mask = xc == value.unsqueeze(-1)
-            count = mask.sum(dim=-1, keepdim=True)
-            grad.addcmul_(mask, (g.unsqueeze(-1) / count))
-            shift = g if shift is None else shift + g
-        if shift is not None:
-            grad.sub_(shift.unsqueeze(-1) / k)
-        return grad.transpose(1, 2).to(ctx.input_dtype)
+            grad = shift.unsqueeze(-1).expand(b, q, h, k).contiguous()
+        for g, index in grads:
+            grad.scatter_add_(-1, index.unsqueeze(-1), g.unsqueeze(-1).to(grad.dtype))
+        p = ctx.prefix
+        full = torch.zeros(ctx.scores_shape, dtype=ctx.scores_dtype, device=xc.device)
+        full[:, :, p:, p:].copy_(grad.transpose(1, 2))
+        return full, None
 
 
 @MODELS.register_module()
@@ -108,8 +113,11 @@ class InterHeadCoherencyLoss(nn.Module):
             head pairs) or ``'windowed'`` (Gaussian-window SSIM of pytorch_msssim on the maps
             reshaped to the (h, w) grid, data range 1).
         layers (Sequence[int] | None): indices into the record list (negatives allowed); None = all.
-        impl (str): ``'fast'`` (vectorised) or ``'reference'`` (explicit loops over head pairs,
-            for testing).
+        impl (str): ``'fast'`` or ``'reference'`` (explicit loops over head pairs on the
+            normalised maps, for testing). The fast global path computes the SSIM statistics of
+            the normalised maps from per-row statistics of the raw scores (fp32, one batched
+            Gram matrix per query, hand-written backward), never building the maps; the fast
+            windowed path is vectorised over head pairs.
         win_size (int): odd Gaussian window side for ``ssim='windowed'``; must not exceed the
             grid's smaller side (3 fits 4×4 grids and Swin's 7×7 windows).
         win_sigma (float): Gaussian sigma for ``ssim='windowed'``.
@@ -210,8 +218,8 @@ class InterHeadCoherencyLoss(nn.Module):
         head Gram matrix per query (one batched matmul), the row minima/maxima and the means are
         computed over the keys (in fp32); the normalised maps are never built.
         """
-        spatial = _spatial_scores(record)                             # (B', H, Q, K) view
-        cov, low, high = _CenteredHeadGram.apply(spatial)              # (B', Q, H, H), (B', Q, H) x2
+        _spatial_scores(record)                                        # checks the layout
+        cov, low, high = _CenteredHeadGram.apply(record.scores, record.layout.num_prefix_tokens)
         r = high - low + self.eps
         mu = -low / r                                                  # mean of the normalised map
         cov = cov / (r.unsqueeze(-1) * r.unsqueeze(-2))

@@ -193,7 +193,8 @@ class DetectorTask(TaskAdapter):
         from mmdet.structures.bbox import bbox2roi
         with torch.no_grad():
             results = model.rpn_head.predict_by_feat(
-                [c.detach() for c in rpn_cls], [r.detach() for r in rpn_reg], batch_img_metas=self._metas(inputs),
+                [c.detach().float() for c in rpn_cls], [r.detach().float() for r in rpn_reg],
+                batch_img_metas=self._metas(inputs),
                 cfg=model.rpn_head.test_cfg, rescale=False)
         return bbox2roi([r.bboxes[:top].float() for r in results]), [min(len(r), top) for r in results]
 

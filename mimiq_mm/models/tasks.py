@@ -6,7 +6,6 @@ detector features), how to turn that into a synthesis prior against target label
 compare teacher and student outputs.
 """
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..losses import ClassPriorLoss, KLDistillLoss
 

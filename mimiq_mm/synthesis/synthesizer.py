@@ -1,11 +1,10 @@
 """Optimising a batch of images from Gaussian noise against the frozen full-precision teacher."""
-import math
 import time
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import print_log
 
 from ..attention import AttentionRecorder, install_attention_capture
 from ..losses import InterHeadCoherencyLoss, PatchSimilarityEntropyLoss, TotalVariationLoss
@@ -194,9 +193,3 @@ def _fmt_seconds(seconds):
     m, s = divmod(rem, 60)
     return f'{h}:{m:02d}:{s:02d}'
 
-
-def current_logger():
-    return MMLogger.get_current_instance()
-
-
-_ = math  # keep import for future use of math in schedules

@@ -1,0 +1,194 @@
+"""tools/benchmark_synthesis.py and the fast L_IHC / L_HAD paths it measures (CPU, small)."""
+import json
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from mimiq_mm.attention.core import AttentionRecord, TokenLayout
+from mimiq_mm.losses import HeadAttentionDistillLoss, InterHeadCoherencyLoss, as_float32, global_ssim
+
+timm = pytest.importorskip('timm')
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY_VIT = dict(patch_size=8, depth=2, embed_dim=32, num_heads=4)
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tool():
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        import benchmark_synthesis
+    finally:
+        sys.path.pop(0)
+    return benchmark_synthesis
+
+
+def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, capsys):
+    out = tmp_path / 'bench.json'
+    result = _tool().main(['--timm-model', 'vit_tiny_patch16_224', '--img-size', '32', '--num-classes', '10',
+                           '--timm-kwargs', json.dumps(TINY_VIT), '--batch', '2', '--device', 'cpu',
+                           '--warmup', '1', '--iters', '2', '--threads', '1', '--out', str(out)])
+    printed = capsys.readouterr().out
+    assert 'img-steps/s' in printed and str(out) in printed
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(result))
+    assert set(data['steps']) == {'plain', 'ihc', 'psaq', 'kd', 'kd_had'}
+    for kind, step in data['steps'].items():
+        assert len(step['times_ms']) == 2, kind
+        assert step['ms_median'] > 0 and step['image_steps_per_s'] > 0, kind
+        assert step['peak_memory_bytes'] is None  # CPU
+        assert all(torch.isfinite(torch.tensor(v)) for v in step['loss_terms'].values()), kind
+    assert 'ihc' in data['steps']['ihc']['loss_terms'] and 'psaq' in data['steps']['psaq']['loss_terms']
+    assert 'loss_had' in data['steps']['kd_had']['loss_terms'] and 'loss_had' not in data['steps']['kd']['loss_terms']
+    assert set(data['ratios']) == {'ihc_vs_plain', 'psaq_vs_plain', 'kd_had_vs_kd'}
+    assert all(r > 0 for r in data['ratios'].values())
+    env = data['environment']
+    assert env['torch'] == torch.__version__ and env['timm'] == timm.__version__
+    assert 'benchmark_synthesis.py' in env['command'] and '--batch 2' in env['command']
+    assert (data['batch'], data['precision'], data['device']) == (2, 'fp32', 'cpu')
+
+
+def test_tool_default_output_name(tmp_path):
+    from mimiq_mm.benchmark import default_out_path
+    path = default_out_path(dict(model='deit_small_patch16_224', device='cuda', precision='bf16', batch=128))
+    assert path == osp.join('benchmarks', 'results', 'synthesis_deit_small_patch16_224_cuda_bf16_b128.json')
+
+
+def test_time_step_counts_calls():
+    from mimiq_mm.benchmark import time_step
+    calls = []
+    timing = time_step(lambda: calls.append(1), 'cpu', warmup=2, iters=3, timer='process')
+    assert len(calls) == 5 and len(timing['times_ms']) == 3 and timing['timer'] == 'process'
+    assert len(timing['wall_times_ms']) == 3 and timing['ms_min'] <= timing['ms_median']
+
+
+# ---------------------------------------------------------------------------------------------
+# fast L_IHC (statistics of the raw scores) against the reference loops
+# ---------------------------------------------------------------------------------------------
+
+def _ihc_value_and_grad(scores, grid, prefix, impl, similarity='abs'):
+    scores = scores.detach().clone().requires_grad_()
+    record = AttentionRecord('blk', TokenLayout(grid=grid, num_prefix_tokens=prefix), scores=scores)
+    loss = InterHeadCoherencyLoss(impl=impl, similarity=similarity)([record])
+    loss.backward()
+    return loss, scores.grad
+
+
+@pytest.mark.parametrize('similarity', ['abs', 'squared'])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_fast_ihc_gradient_equals_reference(similarity, dtype):
+    g = torch.Generator().manual_seed(3)
+    scores = (torch.randn(3, 4, 1 + 12, 1 + 12, generator=g) * 3 + 1).to(dtype)
+    fast, fast_grad = _ihc_value_and_grad(scores, (3, 4), 1, 'fast', similarity)
+    ref, ref_grad = _ihc_value_and_grad(scores, (3, 4), 1, 'reference', similarity)
+    assert fast.dtype == ref.dtype
+    assert fast.item() == pytest.approx(ref.item(), abs=1e-6)
+    scale = ref_grad.abs().max().item()
+    torch.testing.assert_close(fast_grad, ref_grad, rtol=0, atol=1e-5 * scale)
+    assert fast_grad[:, :, :1].abs().max() == 0 and fast_grad[:, :, :, :1].abs().max() == 0  # prefix rows/cols
+
+
+def test_fast_ihc_ties_keep_value_and_row_gradient_mass():
+    """With ties at a row's min/max (common in bf16) only how the min/max gradient is split among
+    the tied keys differs from the reference; every other entry and each row's total agree."""
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randint(-3, 4, (2, 3, 17, 17), generator=g).to(torch.float64)  # many ties
+    fast, fast_grad = _ihc_value_and_grad(scores, (4, 4), 1, 'fast')
+    ref, ref_grad = _ihc_value_and_grad(scores, (4, 4), 1, 'reference')
+    assert fast.item() == pytest.approx(ref.item(), abs=1e-9)
+    spatial = scores[:, :, 1:, 1:]
+    tied = (spatial == spatial.amin(-1, keepdim=True)) | (spatial == spatial.amax(-1, keepdim=True))
+    diff = (fast_grad - ref_grad)[:, :, 1:, 1:]
+    assert diff[~tied].abs().max() < 1e-12
+    torch.testing.assert_close(fast_grad.sum(-1), ref_grad.sum(-1), rtol=0, atol=1e-12)
+
+
+def test_fast_ihc_equals_reference_under_bf16_autocast():
+    from mimiq_mm.attention import AttentionRecorder, install_attention_capture
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=32, num_classes=10,
+                              **TINY_VIT).eval()
+    install_attention_capture(model)
+    images = torch.randn(2, 3, 32, 32, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16), AttentionRecorder(model, fields=('scores',)) as rec:
+        model(images)
+    assert all(r.scores.dtype == torch.bfloat16 for r in rec.records)
+    fast = InterHeadCoherencyLoss(impl='fast')(rec.records)
+    ref = InterHeadCoherencyLoss(impl='reference')(rec.records)
+    assert fast.dtype == torch.float32
+    assert fast.item() == pytest.approx(ref.item(), abs=1e-5)
+    # and equal to the fp32 loss of the same (bf16-rounded) scores
+    upcast = [AttentionRecord(r.name, r.layout, scores=r.scores.detach().float()) for r in rec.records]
+    assert fast.item() == pytest.approx(InterHeadCoherencyLoss()(upcast).item(), abs=1e-6)
+    fast.backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# fast L_HAD (moments with a hand-written backward) against the direct global-SSIM formula
+# ---------------------------------------------------------------------------------------------
+
+def _had_reference(t_records, s_records, k1=0.01, k2=0.03, min_range=1e-6):
+    per_layer = []
+    for tr, sr in zip(t_records, s_records):
+        p = tr.layout.num_prefix_tokens
+        t = as_float32(tr.outputs.detach()[:, :, p:, :]).flatten(2)
+        s = as_float32(sr.outputs[:, :, p:, :]).flatten(2)
+        data_range = (t.amax(-1) - t.amin(-1)).clamp_min(min_range)
+        ssim = global_ssim(t, s, c1=(k1 * data_range) ** 2, c2=(k2 * data_range) ** 2, dim=-1)
+        per_layer.append((1 - ssim.abs()).mean())
+    return torch.stack(per_layer).mean()
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_fast_had_value_and_gradient_equal_reference(dtype):
+    g = torch.Generator().manual_seed(5)
+    layout = TokenLayout(grid=(2, 3), num_prefix_tokens=1)
+    teacher = [(torch.randn(2, 3, 7, 4, generator=g) * 2 + 0.5).to(dtype) for _ in range(2)]
+    student0 = [(t.double() + torch.randn(2, 3, 7, 4, generator=g)).to(dtype) for t in teacher]
+    results = []
+    for fn in (HeadAttentionDistillLoss(), _had_reference):
+        student = [s.clone().requires_grad_() for s in student0]
+        t_rec = [AttentionRecord(f'b{i}', layout, outputs=t) for i, t in enumerate(teacher)]
+        s_rec = [AttentionRecord(f'b{i}', layout, outputs=s) for i, s in enumerate(student)]
+        loss = fn(t_rec, s_rec)
+        loss.backward()
+        results.append((loss, [s.grad for s in student]))
+    (fast, fast_grads), (ref, ref_grads) = results
+    assert fast.dtype == ref.dtype and fast.item() == pytest.approx(ref.item(), abs=1e-6)
+    for a, b in zip(fast_grads, ref_grads):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=1e-6 * b.abs().max().item())
+
+
+# ---------------------------------------------------------------------------------------------
+# recording only the head outputs uses the fused kernel and gives the same outputs
+# ---------------------------------------------------------------------------------------------
+
+def test_output_only_recording_matches_explicit_path():
+    from mimiq_mm.attention import AttentionRecorder, install_attention_capture
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=32, num_classes=10,
+                              **TINY_VIT).eval()
+    install_attention_capture(model)
+    images = torch.randn(2, 3, 32, 32, requires_grad=True)
+    with AttentionRecorder(model, fields=('outputs',)) as fused:
+        logits = model(images)
+    with AttentionRecorder(model, fields=('scores', 'outputs')) as explicit:
+        logits_explicit = model(images)
+    torch.testing.assert_close(logits, logits_explicit, rtol=1e-4, atol=1e-5)
+    assert len(fused.records) == len(explicit.records) == TINY_VIT['depth']
+    for a, b in zip(fused.records, explicit.records):
+        assert a.scores is None and a.probs is None
+        assert a.layout == b.layout
+        torch.testing.assert_close(a.outputs, b.outputs, rtol=1e-4, atol=1e-5)
+    sum(r.outputs.sum() for r in fused.records).backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
