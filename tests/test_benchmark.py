@@ -192,3 +192,23 @@ def test_output_only_recording_matches_explicit_path():
         torch.testing.assert_close(a.outputs, b.outputs, rtol=1e-4, atol=1e-5)
     sum(r.outputs.sum() for r in fused.records).backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_fast_losses_keep_fp32_statistics_inside_autocast():
+    """Called inside an autocast region (L_HAD is, under mmengine's AmpOptimWrapper), the losses'
+    matmuls must not drop to bf16."""
+    g = torch.Generator().manual_seed(6)
+    layout = TokenLayout(grid=(4, 4), num_prefix_tokens=1)
+    scores = (torch.randn(2, 4, 17, 17, generator=g) * 3).requires_grad_()
+    ihc_records = [AttentionRecord('blk', layout, scores=scores)]
+    teacher = torch.randn(2, 3, 17, 8, generator=g)
+    student = (teacher + torch.randn(2, 3, 17, 8, generator=g)).requires_grad_()
+    t_rec, s_rec = [AttentionRecord('blk', layout, outputs=teacher)], [AttentionRecord('blk', layout, outputs=student)]
+    plain = (InterHeadCoherencyLoss()(ihc_records).item(), HeadAttentionDistillLoss()(t_rec, s_rec).item())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ihc = InterHeadCoherencyLoss()(ihc_records)
+        had = HeadAttentionDistillLoss()(t_rec, s_rec)
+    assert ihc.dtype == had.dtype == torch.float32
+    assert ihc.item() == pytest.approx(plain[0], abs=1e-7) and had.item() == pytest.approx(plain[1], abs=1e-7)
+    (ihc + had).backward()
+    assert scores.grad.dtype == student.grad.dtype == torch.float32

@@ -63,7 +63,7 @@ def data_options(data):
 
 
 def run_tool(args, timeout=600, launcher_prefix=None):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, osp.join(ROOT, 'tests')]), OMP_NUM_THREADS='1')
     cmd = (launcher_prefix or [sys.executable]) + args
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return proc
@@ -149,6 +149,41 @@ def test_bad_input_fails_with_a_clear_message(assets, tmp_path, option, message)
     proc = train(assets, tmp_path / 'bad', option)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
+
+
+def test_unsupported_backbone_names_the_supported_families(assets, tmp_path):
+    proc = run_tool([osp.join(ROOT, 'tools', 'train.py'), osp.join(ROOT, 'tests', 'configs', 'tiny_cls_unsupported.py'),
+                     '--work-dir', str(tmp_path / 'unsupported'), '--cfg-options',
+                     f'model.teacher_checkpoint={assets["ckpt"]}', *data_options(assets['data'])])
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert 'Supported backbone families' in out and 'timm VisionTransformer' in out and 'Swin' in out
+
+
+def test_incompatible_teacher_checkpoint_is_refused(assets, tmp_path):
+    import timm
+    other = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=16, patch_size=4, embed_dim=36,
+                              depth=2, num_heads=3, num_classes=NUM_CLASSES)
+    path = tmp_path / 'other.pth'
+    torch.save(dict(state_dict=other.state_dict()), path)
+    proc = train(assets, tmp_path / 'incompatible', f'model.teacher_checkpoint={path}')
+    assert proc.returncode != 0
+    assert 'does not fit model.architecture' in proc.stdout + proc.stderr
+
+
+def test_ctrl_c_during_fine_tuning_keeps_the_finished_iterations(assets, tmp_path):
+    work_dir = tmp_path / 'interrupted'
+    interrupted = osp.join(ROOT, 'tests', 'configs', 'tiny_cls_interrupted.py')
+    proc = run_tool([osp.join(ROOT, 'tools', 'train.py'), interrupted, '--work-dir', str(work_dir), '--cfg-options',
+                     f'model.teacher_checkpoint={assets["ckpt"]}', *data_options(assets['data'])])
+    assert proc.returncode != 0
+    assert osp.isfile(work_dir / 'iter_3.pth'), proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = train(assets, work_dir, 'default_hooks.checkpoint.interval=100', extra_args=['--resume'])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert 'resumed' in log.lower() and 'do not match exactly' not in log
+    iters = [r['iter'] for r in scalars(work_dir) if 'loss' in r]
+    assert iters[:3] == [1, 2, 3] and iters[-1] == 10 and len(set(iters)) == len(iters)
 
 
 def test_two_process_cpu_run_shards_synthesis_and_syncs_quantizers(assets, tmp_path):

@@ -38,8 +38,11 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=10)
     p.add_argument('--w-bits', type=int, default=None, help='student weight bits (default 4, or the config\'s)')
     p.add_argument('--a-bits', type=int, default=None, help='student activation bits (default 4, or the config\'s)')
-    p.add_argument('--steps', nargs='+', default=list(STEP_KINDS), choices=list(STEP_KINDS),
-                   help='which step kinds to time')
+    p.add_argument('--steps', nargs='*', default=list(STEP_KINDS), choices=list(STEP_KINDS),
+                   help='which step kinds to time (none: only --losses)')
+    p.add_argument('--losses', action='store_true',
+                   help='also time L_IHC and L_HAD alone (forward+backward) on the teacher\'s records: the fast '
+                        'paths against the map-building formulations, with their value/gradient differences')
     p.add_argument('--ihc-impl', choices=['fast', 'reference'], default=None,
                    help='L_IHC implementation (default: the config\'s, i.e. fast)')
     p.add_argument('--cpu-timer', choices=['wall', 'process'], default='wall',
@@ -88,6 +91,11 @@ def main(argv=None):
                            iters=args.iters, kinds=args.steps, ihc_impl=args.ihc_impl, timer=args.cpu_timer,
                            argv=command)
     result['tf32'] = bool(args.tf32) if device.startswith('cuda') else None
+    if args.losses:
+        from mimiq_mm.benchmark.losses import format_losses, time_losses
+        result['losses'] = time_losses(setup, args.batch, precision=args.precision, device=device,
+                                       warmup=args.warmup, iters=args.iters, timer=args.cpu_timer)
+        print(format_losses(result['losses']))
     print(format_table(result))
     path = write_result(result, args.out or default_out_path(result))
     print(f'wrote {path}')

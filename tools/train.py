@@ -10,6 +10,7 @@ automatically (see prepare_distributed_without_cuda), so the same command works 
 tools/test.py reuses the helpers of this file.
 """
 import argparse
+import contextlib
 import datetime
 import os
 import os.path as osp
@@ -154,8 +155,23 @@ def main(argv=None) -> None:
         enable_amp(cfg)
     apply_resume(cfg, args.resume)
     prepare_distributed_without_cuda(cfg)
-    runner = build_runner(cfg)
-    runner.train()
+    with user_errors_reported():
+        runner = build_runner(cfg)
+        runner.train()
+
+
+@contextlib.contextmanager
+def user_errors_reported():
+    """Bad input (unknown backbone or method, impossible bit-width, missing or incompatible
+    checkpoint, unusable image size, empty dataset folder) ends with its message, which names the
+    fix, instead of a long traceback. MIMIQ_DEBUG=1 shows the traceback."""
+    from mimiq_mm.attention import UnsupportedBackboneError
+    try:
+        yield
+    except (ValueError, FileNotFoundError, UnsupportedBackboneError) as err:
+        if os.environ.get('MIMIQ_DEBUG') or not str(err):
+            raise
+        exit_with_error(f'{err}\n(set MIMIQ_DEBUG=1 to see the traceback)')
 
 
 if __name__ == '__main__':

@@ -56,25 +56,26 @@ scales = {
         workers=0,
         estimates=dict(teacher=30, synth=10, quant=10, eval=5),
     ),
-    # One H100 session of about 30 device minutes (commands of <= 10 minutes): the main ViT teacher
-    # (~5 min), three synthetic sets (~1 min each), 16 fine-tuning + 8 PTQ units at the two headline
-    # bit-widths and 2 seeds (~25 s each). Swin and W4/A4, W5/A5, W4/A8 only if time is left.
+    # One H100 session of about 30 device minutes (commands of <= 10 minutes, machine starts
+    # included): the main ViT teacher (<= 4.5 min), three synthetic sets (~1 min each), 16 fine-tuning
+    # and 8 PTQ units at the two headline bit-widths and 2 seeds (~30 s / ~8 s each; estimates, not
+    # measurements). Swin and W4/A4, W5/A5, W4/A8 only if time is left.
     'gpu-30min': dict(
-        description='one ~30 GPU-minute session on an H100: small teachers, 1K synthetic images, '
-                    '500 fine-tuning iterations; far below the paper recipe',
+        description='one ~30 GPU-minute session on an H100: small teachers, 1K synthetic images x 200 steps, '
+                    '400 fine-tuning iterations; far below the paper recipe',
         teacher_configs=dict(vit='configs/cifar10/vit-mini_p2_cifar10.py',
                              swin='configs/cifar10/swin-mini_p2w4_cifar10.py'),
         teachers=['vit'], bits=['w3a3', 'w2a4'], seeds=[0, 1],
-        teacher=dict(epochs=60, warmup_epochs=5, batch_size=256, lr=1e-3, weight_decay=0.05, max_seconds=300),
-        synthesis=dict(num_images=1024, batch_size=128, steps=250, noise_images=128, psaq_images=32,
+        teacher=dict(epochs=60, warmup_epochs=5, batch_size=256, lr=1e-3, weight_decay=0.05, max_seconds=270),
+        synthesis=dict(num_images=1024, batch_size=128, steps=200, noise_images=128, psaq_images=32,
                        amp_dtype=None, log_interval=50),
-        finetune=dict(iters=500, batch_size=128, lr=1e-2, schedule='cosine', act_method='lsq',
+        finetune=dict(iters=400, batch_size=128, lr=1e-2, schedule='cosine', act_method='lsq',
                       kd_temperature=1.0, had_gamma=1.0, calibration_batches=4, augment=ft_augment,
-                      drop_path_rate=0.0, checkpoint_interval=250),
+                      drop_path_rate=0.0, checkpoint_interval=200),
         ptq=dict(batch_size=16, act_method='minmax'),
         eval=dict(batch_size=500),
         workers=10,
-        estimates=dict(teacher=320, synth=70, quant=30, eval=8),
+        estimates=dict(teacher=290, synth=60, quant=30, eval=8),
     ),
     # The paper's data-free recipe (10K images x 2K steps, 200 epochs of SGD at batch 16, lr decay at
     # epochs 50 and 100) on DeiT-S-sized teachers: many GPU-hours.

@@ -162,7 +162,7 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
 
 
 def format_table(result):
-    """A plain-text table of a result dict."""
+    """A plain-text table of a result dict's steps."""
     lines = [f"{result['model']}  batch {result['batch']}  {result['precision']}  {result['device']} "
              f"({result['environment'].get('device_name')}), timer: {result.get('timer', 'wall')}",
              f"{'step':8s} {'what':34s} {'ms/step':>10s} {'img-steps/s':>12s} {'ratio':>12s} {'peak mem':>10s}"]

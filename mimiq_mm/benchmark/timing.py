@@ -87,6 +87,17 @@ def time_step(step, device, warmup=3, iters=10, timer='wall'):
     return result
 
 
+def _cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def environment(device, argv=None):
     """What a result depends on: device name, library versions, threads, command line."""
     device = torch.device(device)
@@ -99,7 +110,7 @@ def environment(device, argv=None):
                    cudnn=torch.backends.cudnn.version(),
                    tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32))
     else:
-        env['device_name'] = env['processor']
+        env['device_name'] = _cpu_name() or env['processor']
     for name in ('timm', 'mmengine', 'mmpretrain'):
         try:
             env[name] = __import__(name).__version__

@@ -154,7 +154,7 @@ class DataFreeQATLoop(IterBasedTrainLoop):
             prior = self.build_prior()
             num_classes = self.synthesis['num_classes'] or (
                 prior.num_classes() if prior is not None else self.distiller.task.num_classes(self.distiller.teacher))
-            synthesize_set(self.build_synthesizer(), synthetic, num_classes)
+            synthesize_set(self.build_synthesizer(), synthetic, num_classes, visualizer=self.runner.visualizer)
         else:
             print_log(f'using the finished synthetic set in {synthetic.root}', logger='current')
         return SyntheticImageDataset(synthetic.root)
@@ -186,6 +186,19 @@ class DataFreeQATLoop(IterBasedTrainLoop):
                 broadcast(tensor.data, src=0)
         print_log(f'calibrated activation quantizers on {len(batches)} batches', logger='current')
 
+    def save_interrupted(self):
+        """On Ctrl-C, checkpoint the iterations finished since the last checkpoint, so that
+        ``--resume`` continues from here (the synthetic set is already safe on disk)."""
+        if self._iter == 0:
+            return
+        filename = f'iter_{self._iter}.pth'
+        self.runner.save_checkpoint(self.runner.work_dir, filename, by_epoch=False)
+        if get_dist_info()[0] == 0:
+            with open(os.path.join(self.runner.work_dir, 'last_checkpoint'), 'w') as f:
+                f.write(os.path.join(self.runner.work_dir, filename))
+        print_log(f'interrupted: saved {filename}; continue with tools/train.py CONFIG --resume', logger='current',
+                  level=30)
+
     # ------------------------------------------------------------------ run
     def run(self):
         self.runner.call_hook('before_train')
@@ -195,12 +208,16 @@ class DataFreeQATLoop(IterBasedTrainLoop):
         self.runner.call_hook('before_train_epoch')
         for _ in range(self._iter):  # resumed: skip what was trained
             next(self.dataloader_iterator)
-        while self._iter < self._max_iters and not self.stop_training:
-            self.runner.model.train()
-            self.run_iter(next(self.dataloader_iterator))
-            if (self.runner.val_loop is not None and self._iter >= self.val_begin
-                    and (self._iter % self.val_interval == 0 or self._iter == self._max_iters)):
-                self.runner.val_loop.run()
+        try:
+            while self._iter < self._max_iters and not self.stop_training:
+                self.runner.model.train()
+                self.run_iter(next(self.dataloader_iterator))
+                if (self.runner.val_loop is not None and self._iter >= self.val_begin
+                        and (self._iter % self.val_interval == 0 or self._iter == self._max_iters)):
+                    self.runner.val_loop.run()
+        except KeyboardInterrupt:
+            self.save_interrupted()
+            raise
         if self._max_iters == 0 and self.runner.val_loop is not None:
             self.runner.val_loop.run()  # post-training quantization: evaluate the calibrated student
         self.runner.call_hook('after_train_epoch')

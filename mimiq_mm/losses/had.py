@@ -101,7 +101,7 @@ class HeadAttentionDistillLoss(nn.Module):
         Same value as ``1 - |global_ssim(t, s, c1, c2)|`` on fp32 copies, computed from the maps'
         moments (:class:`_StudentMoments`) so only the per-map statistics join the autograd graph.
         """
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(t.device.type, enabled=False):
             t32 = as_float32(t)
             var_t, mu_t = _var_mean(t32)
             if t32.is_cuda:
@@ -111,7 +111,7 @@ class HeadAttentionDistillLoss(nn.Module):
             data_range = (high - low).clamp_min(self.min_range)                  # (B', H)
         c1 = (self.k1 * data_range).pow(2)
         c2 = (self.k2 * data_range).pow(2)
-        mu_s, var_s, cov = _StudentMoments.apply(s, t, mu_t)
+        mu_s, var_s, cov = _StudentMoments.apply(s, t32, mu_t)
         luminance = (2 * mu_t * mu_s + c1) / (mu_t.pow(2) + mu_s.pow(2) + c1)
         contrast_structure = (2 * cov + c2) / (var_t + var_s + c2)
         return 1 - (luminance * contrast_structure).abs()
@@ -135,7 +135,8 @@ def _row_dot(a, b):
 
 class _StudentMoments(torch.autograd.Function):
     """Mean and variance of the student maps ``s`` and their covariance with the teacher maps
-    ``t`` (both (..., M), any float dtype; computed in fp32), differentiable in ``s`` only.
+    ``t`` (both (..., M), any float dtype; computed in at least fp32), differentiable in ``s`` only;
+    ``mu_t`` is the teacher maps' mean.
 
     Forward: one variance/mean pass over s and one centred dot product with t. Backward:
     ∂L/∂s = (g_μ + 2 g_var (s - μ_s) + g_cov (t - μ_t)) / M, one fused pass; nothing of size M is
@@ -144,6 +145,11 @@ class _StudentMoments(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s, t, mu_t):
+        with torch.autocast(s.device.type, enabled=False):  # fp32 statistics under autocast too
+            return _StudentMoments._forward(ctx, s, t, mu_t)
+
+    @staticmethod
+    def _forward(ctx, s, t, mu_t):
         num = s.shape[-1]
         s32, t32 = as_float32(s), as_float32(t)
         var_s, mu_s = _var_mean(s32)
@@ -153,6 +159,11 @@ class _StudentMoments(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_mu, grad_var, grad_cov):
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+            return _StudentMoments._backward(ctx, grad_mu, grad_var, grad_cov)
+
+    @staticmethod
+    def _backward(ctx, grad_mu, grad_var, grad_cov):
         s, t, mu_s, mu_t = ctx.saved_tensors
         num = s.shape[-1]
         zeros = torch.zeros_like(mu_s)

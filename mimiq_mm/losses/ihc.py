@@ -61,6 +61,11 @@ class _CenteredHeadGram(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, scores, prefix):
+        with torch.autocast(scores.device.type, enabled=False):  # statistics stay in fp32 under autocast
+            return _CenteredHeadGram._forward(ctx, scores, prefix)
+
+    @staticmethod
+    def _forward(ctx, scores, prefix):
         x = scores[:, :, prefix:, prefix:]
         b, h, q, k = x.shape
         acc = torch.promote_types(x.dtype, torch.float32)
@@ -78,6 +83,11 @@ class _CenteredHeadGram(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_cov, grad_low, grad_high):
+        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
+            return _CenteredHeadGram._backward(ctx, grad_cov, grad_low, grad_high)
+
+    @staticmethod
+    def _backward(ctx, grad_cov, grad_low, grad_high):
         xc, arg_low, arg_high = ctx.saved_tensors
         b, q, h, k = xc.shape
         # A row's min / max passes its gradient to its arg-min / arg-max key, minus the row mean

@@ -126,7 +126,11 @@ class QuantDistiller(BaseModel):
                                         'an existing file (e.g. --cfg-options model.teacher_checkpoint=PATH)')
             state = load_checkpoint_file(ckpt) if os.path.isfile(ckpt) else _load_url(ckpt)
             state = state.get('state_dict', state.get('model', state))
-            missing, unexpected = self.teacher.load_state_dict(_strip_prefix(state, self.teacher), strict=False)
+            try:
+                missing, unexpected = self.teacher.load_state_dict(_strip_prefix(state, self.teacher), strict=False)
+            except RuntimeError as err:  # shape mismatches
+                raise ValueError(f'teacher checkpoint {ckpt} does not fit model.architecture ({err}); '
+                                 'check that the config describes the checkpoint\'s model') from err
             if missing:
                 raise ValueError(f'teacher checkpoint {ckpt} does not fit model.architecture: '
                                  f'{len(missing)} missing keys, e.g. {missing[:5]}; check the config and checkpoint')

@@ -8,11 +8,13 @@ from .store import SyntheticSet
 from .synthesizer import _fmt_seconds
 
 
-def synthesize_set(synthesizer, synthetic_set: SyntheticSet, num_classes: int):
+def synthesize_set(synthesizer, synthetic_set: SyntheticSet, num_classes: int, visualizer=None):
     """Make every batch of ``synthetic_set`` that is not on disk yet; returns the merged manifest.
 
     Each rank makes the batches ``b`` with ``b mod world_size == rank``; all ranks wait for each
-    other, then rank 0 merges the shards.
+    other, then rank 0 merges the shards. The final losses of each batch also go to
+    ``visualizer`` (an mmengine Visualizer: TensorBoard etc. when configured) as
+    ``synthesis/<term>`` at step ``batch``.
     """
     rank, world_size = get_dist_info()
     pending = synthetic_set.pending_batches(rank, world_size)
@@ -29,6 +31,8 @@ def synthesize_set(synthesizer, synthetic_set: SyntheticSet, num_classes: int):
         images, losses = synthesizer.synthesize(targets, seed=seed, log_prefix=prefix)
         synthetic_set.write_batch(batch, synthesizer.to_pixels(images), targets, losses, rank=rank,
                                   seconds=time.time() - t0)
+        if visualizer is not None and losses:
+            visualizer.add_scalars({f'synthesis/{k}': v for k, v in losses.items()}, step=batch)
         done = i + 1
         eta = (time.time() - start) / done * (len(pending) - done)
         print_log(f'synthesis [{synthesizer.method}]: {done}/{len(pending)} batches on rank {rank} done, '

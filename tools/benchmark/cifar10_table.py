@@ -560,9 +560,11 @@ class Benchmark:
         if self.data_root:
             self.use_image_folder(d)
         if spec['checkpoint'] is None:
-            num_classes = self.num_classes_of_teacher(t)
-            if num_classes:
-                set_num_classes(d, num_classes)
+            num_classes = self.num_classes_of_teacher(t)  # trained here: the class folders of the data
+        else:
+            num_classes = config_num_classes(d)  # given: the model's head (keep the preprocessor in step)
+        if num_classes:
+            set_num_classes(d, num_classes)
         self._teacher_cfgs[t] = d
         return copy.deepcopy(d)
 
@@ -623,6 +625,7 @@ class Benchmark:
         s, common = self.scale['synthesis'], self.recipe['synthesis_common']
         n = dict(noise=s['noise_images'], psaq=s['psaq_images']).get(synth, s['num_images'])
         return dict(method=synth, num_images=int(n), batch_size=int(min(s['batch_size'], n)), steps=int(s['steps']),
+                    num_classes=config_num_classes(self.teacher_cfg(t)),
                     lr=common['lr'], alpha=common['alpha'], beta=common['beta'], ihc=common['ihc'],
                     seed=common['seed'], image_size=self.image_size(t), amp_dtype=s.get('amp_dtype'),
                     log_interval=s.get('log_interval', 200), out_dir=self.synth_dir(t, synth))
@@ -802,6 +805,7 @@ class Benchmark:
             if st == 'stale':
                 self.log(f'{u.name}: settings changed since it was done; redoing it')
                 self.clear(u)
+            self.claim(u)
             self.log(f'running {u.name}')
             t0 = time.time()
             try:
@@ -835,6 +839,19 @@ class Benchmark:
                 free_memory()
         runners.clear()
         free_memory()
+
+    def claim(self, u):
+        """Mark the unit's folder with the settings it is run with; partial output (synthetic
+        batches, resume checkpoints) left by a run with other settings is removed, not resumed."""
+        if u.kind == 'eval':
+            return
+        path = osp.join(self.unit_dir(u), 'unit_settings.json')
+        current = fingerprint(self.settings(u))
+        previous = (read_json(path) or {}).get('settings_hash')
+        if previous and previous != current:
+            self.log(f'{u.name}: partial output from a run with other settings; starting over')
+            self.clear(u)
+        write_json(path, dict(settings_hash=current, settings=jsonable(self.settings(u))))
 
     def clear(self, u):
         path = self.record_path(u)
@@ -1154,6 +1171,8 @@ class Benchmark:
         return out
 
     def report(self, quiet=False):
+        self.invocation['seconds'] = round(time.time() - self.t_start, 1)  # so far
+        self.save_meta()
         teachers, results, synth = self.collect()
         summary = self.summarise(results)
         checks = self.checks(teachers, summary)
@@ -1224,11 +1243,13 @@ class Benchmark:
                     elif cell['n'] == 1:
                         cells.append(f'{cell["mean"]:.2f} (1 seed)')
                     else:
-                        cells.append(f'{cell["mean"]:.2f} ± {cell["std"]:.2f} (n={cell["n"]})')
+                        cells.append(f'{cell["mean"]:.2f} ± {cell["std"]:.2f} (n={cell["n"]}, '
+                                     f'{cell["min"]:.2f}–{cell["max"]:.2f})')
                 lines.append(f'| {self.methods_all[m]["label"]} | ' + ' | '.join(cells) + ' |')
             lines.append('')
-        lines.append('Cells: mean ± sample standard deviation over fine-tuning seeds (n); per-seed values, '
-                     'min and max are in results.json. "—": not run yet.')
+        lines.append('Cells: mean ± sample standard deviation over seeds (n, min–max); per-seed values are in '
+                     'results.json. Seeds vary fine-tuning / calibration order; each synthetic set is made once per '
+                     'teacher (synthesis seed fixed). "—": not run yet.')
         lines.append('')
         if data['checks']:
             lines.append("## Checks against the paper's expectations")
@@ -1376,6 +1397,17 @@ def set_num_classes(d, n):
         pre['num_classes'] = n
     if isinstance(model.get('data_preprocessor'), dict):
         model['data_preprocessor']['num_classes'] = n
+
+
+def config_num_classes(d):
+    """The class count of a classifier config's head (TimmClassifier or ImageClassifier)."""
+    model = d.get('model', {})
+    head = model.get('head') if isinstance(model.get('head'), dict) else {}
+    for holder in (model, head):
+        n = holder.get('num_classes')
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
 
 
 def set_drop_path(arch, rate):
