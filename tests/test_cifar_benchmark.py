@@ -154,11 +154,15 @@ def test_pack_and_restore_move_the_state(bench, tmp_path):
     assert parts and osp.isfile(out / 'results.md') and osp.isfile(out / 'results.json')
     restored = str(tmp_path / 'restored')
     proc = run_driver(['--work-dir', restored, '--scale', 'smoke', '--teachers', 'vit', '--methods', *METHODS,
-                       '--bits', 'w3a3', '--seeds', '0', '--restore', out, '--stages', 'report'])
+                       '--bits', 'w3a3', '--seeds', '0', '--restore', out])
     assert proc.returncode == 0, proc.log[-4000:]
+    # every unit is done; the synthetic sets stayed behind (nothing needs them) and are not remade
+    assert 'ran 0,' in proc.log and 'running ' not in proc.log
+    assert 'skipped synth vit/synth/mimiq: every unit that uses this set is done' in proc.log
     original, _ = load(bench['work'])
     copy, md = load(restored)
-    assert copy['summary'] == original['summary'] and copy['teachers']['vit']['top1'] == original['teachers']['vit']['top1']
+    assert copy['summary'] == original['summary']
+    assert copy['teachers']['vit']['top1'] == original['teachers']['vit']['top1']
     assert ROW_LABELS['mimiq'] in md
     checkpoints = [osp.relpath(p, restored) for p in glob.glob(osp.join(restored, '**', '*.pth'), recursive=True)]
     assert checkpoints == [osp.join('vit', 'teacher', 'teacher.pth')]  # no student or resume checkpoints
@@ -171,3 +175,16 @@ def test_bad_input_fails_clearly(bench):
     assert proc.returncode != 0 and "holds a benchmark at scale 'smoke'" in proc.log
     proc = run_driver(['--scale', 'smoke', '--work-dir', bench['work'], '--methods', 'dream', '--dry-run'])
     assert proc.returncode != 0 and 'unknown methods' in proc.log
+
+
+def test_teacher_schedule_shrinks_to_its_time_cap(bench, tmp_path):
+    work = str(tmp_path / 'capped')
+    proc = run_driver(['--data-root', bench['data'], '--work-dir', work, '--scale', 'smoke', '--methods', 'noise_ptq',
+                       '--stages', 'teacher', '--teacher-epochs', 200, '--teacher-seconds', 3])
+    assert proc.returncode == 0, proc.log[-4000:]
+    assert 'shortening the schedule' in proc.log
+    with open(osp.join(work, 'vit', 'teacher', 'stage.json')) as f:
+        rec = json.load(f)
+    assert rec['shrunk_to_fit'] and rec['epochs_requested'] == 200 and 1 <= rec['epochs_trained'] < 200
+    assert osp.isfile(osp.join(work, 'vit', 'teacher', 'teacher.pth'))
+    assert not glob.glob(osp.join(work, 'vit', 'teacher', 'epoch_*.pth'))  # resume checkpoints removed

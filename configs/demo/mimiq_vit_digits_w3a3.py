@@ -22,9 +22,9 @@ custom_hooks = _base_.mimiq_custom_hooks
 val_cfg = dict()
 test_cfg = dict()
 train_cfg.update(
-    synthesis=dict(train_cfg['synthesis'], num_images=640, batch_size=64, steps=200, image_size=16, log_interval=100),
-    batch_size=32, max_iters=400, calibration_batches=4, num_workers=0, val_interval=200)
-param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=False, T_max=400, eta_min=1e-5)]
+    synthesis=dict(train_cfg['synthesis'], num_images=384, batch_size=64, steps=150, image_size=16, log_interval=50),
+    batch_size=32, max_iters=300, calibration_batches=4, num_workers=0, val_interval=300)
+param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=False, T_max=300, eta_min=1e-5)]
 optim_wrapper['optimizer']['lr'] = 5e-3
-default_hooks = dict(default_hooks, checkpoint=dict(default_hooks['checkpoint'], interval=200),
+default_hooks = dict(default_hooks, checkpoint=dict(default_hooks['checkpoint'], interval=300),
                      logger=dict(type='LoggerHook', interval=50))

@@ -7,7 +7,6 @@ import torch
 from mmengine.dist import broadcast, get_dist_info, is_distributed
 from mmengine.logging import print_log
 from mmengine.runner import IterBasedTrainLoop
-from mmengine.runner.loops import _InfiniteDataloaderIterator
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -203,7 +202,7 @@ class DataFreeQATLoop(IterBasedTrainLoop):
     def run(self):
         self.runner.call_hook('before_train')
         self.dataloader = self.build_loader()
-        self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
+        self.dataloader_iterator = CyclingIterator(self.dataloader)
         self.calibrate()
         self.runner.call_hook('before_train_epoch')
         for _ in range(self._iter):  # resumed: skip what was trained
@@ -223,6 +222,31 @@ class DataFreeQATLoop(IterBasedTrainLoop):
         self.runner.call_hook('after_train_epoch')
         self.runner.call_hook('after_train')
         return self.runner.model
+
+
+class CyclingIterator:
+    """Endless iteration over a loader, reshuffling each pass (``set_epoch`` for distributed
+    samplers). Unlike mmengine's ``_InfiniteDataloaderIterator`` it does not sleep 2 s at every
+    pass, which would dominate fine-tuning on a small synthetic set."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.epoch = 0
+        self.iterator = iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.epoch += 1
+            sampler = getattr(self.loader, 'sampler', None)
+            if hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(self.epoch)
+            self.iterator = iter(self.loader)
+            return next(self.iterator)
 
 
 class _PendingLoader:

@@ -174,7 +174,8 @@ def device_words(info):
     if not info:
         return 'unknown'
     if info.get('device') == 'cuda':
-        return f"{info.get('gpu')} ({info.get('gpu_memory_gib')} GiB), torch {info.get('torch')}, CUDA {info.get('cuda')}"
+        return (f"{info.get('gpu')} ({info.get('gpu_memory_gib')} GiB), torch {info.get('torch')}, "
+                f"CUDA {info.get('cuda')}")
     return f"CPU ({info.get('cpu_count')} cores), torch {info.get('torch')}"
 
 
@@ -294,44 +295,6 @@ def make_hooks():
     return TeacherBudgetHook, DeadlineHook
 
 
-def patch_epoch_sleep():
-    """Remove a 2-second sleep per pass over a single-process synthetic loader.
-
-    mimiq_mm's DataFreeQATLoop cycles its loader with mmengine's ``_InfiniteDataloaderIterator``,
-    which sleeps 2 s every time the loader is exhausted ("prevent possible deadlock during epoch
-    transition", a concern of multi-worker loaders). A synthetic set of 1024 images at batch 128 is
-    exhausted every 8 iterations, so on the short schedules of this benchmark the sleep would be
-    most of the fine-tuning time. The driver loads small synthetic images in the main process
-    (no workers) and, for the loops it runs, swaps in the same iterator without the sleep when the
-    loader has no workers. Returns a function that undoes the swap."""
-    import mimiq_mm.engine.loops as loops
-    original = loops._InfiniteDataloaderIterator
-    if getattr(original, '_bench_no_sleep', False):
-        return lambda: None
-
-    class InfiniteIteratorNoSleep(original):
-        _bench_no_sleep = True
-
-        def __next__(self):
-            if getattr(self._dataloader, 'num_workers', 0) > 0:
-                return super().__next__()
-            try:
-                return next(self._iterator)
-            except StopIteration:
-                self._epoch += 1
-                sampler = getattr(self._dataloader, 'sampler', None)
-                if hasattr(sampler, 'set_epoch'):
-                    sampler.set_epoch(self._epoch)
-                self._iterator = iter(self._dataloader)
-                return next(self._iterator)
-
-    loops._InfiniteDataloaderIterator = InfiniteIteratorNoSleep
-
-    def undo():
-        loops._InfiniteDataloaderIterator = original
-    return undo
-
-
 # ---------------------------------------------------------------------------------------------
 # the plan
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +334,6 @@ class Benchmark:
         self.name = recipe.get('benchmark', 'benchmark')
         self.data_root = osp.abspath(args.data_root) if args.data_root else None
         self.work = default_work_dir(args, self.name)
-        os.makedirs(osp.join(self.work, 'logs'), exist_ok=True)
         self.log_path = osp.join(self.work, 'logs', 'driver.log')
         self.teachers = self.select_teachers()
         self.methods = self.select('methods', list(self.methods_all), self.methods_all)
@@ -387,6 +349,7 @@ class Benchmark:
         self._teacher_cfgs = {}
         self._runner_count = 0
         self.counts = dict(ran=[], skipped=[], deferred=[], blocked=[], failed=[], partial=[])
+        os.makedirs(osp.dirname(self.log_path), exist_ok=True)  # only once the arguments are valid
 
     # ----------------------------------------------------------------- set-up
     def log(self, msg):
@@ -438,7 +401,8 @@ class Benchmark:
         if a.teacher_config:
             name = a.teacher_name
             return {name: dict(name=name, label=a.teacher_label or f'{name} ({osp.basename(a.teacher_config)})',
-                               config=a.teacher_config, checkpoint=a.teacher_checkpoint and osp.abspath(a.teacher_checkpoint),
+                               config=a.teacher_config,
+                               checkpoint=a.teacher_checkpoint and osp.abspath(a.teacher_checkpoint),
                                cfg_options=list(a.teacher_cfg_options or []))}
         if a.teacher_checkpoint:
             raise SystemExit('error: --teacher-checkpoint needs --teacher-config (the architecture it belongs to)')
@@ -479,7 +443,8 @@ class Benchmark:
                              f'{self.scale_name!r}; give another --work-dir (figures of two scales do not mix)')
         self.meta = meta
         self.invocation = dict(
-            command='python ' + ' '.join(shlex.quote(x) for x in [osp.relpath(osp.abspath(__file__), ROOT)] + self.argv),
+            command='python ' + ' '.join(shlex.quote(x) for x in [osp.relpath(osp.abspath(__file__), ROOT)]
+                                         + self.argv),
             started=now_iso(), scale=self.scale_name, overrides=self.overrides, stages=self.stages,
             only=self.only, time_budget=self.args.time_budget, device=device_info())
         meta['invocations'].append(self.invocation)
@@ -641,8 +606,10 @@ class Benchmark:
             set_drop_path(arch, ft['drop_path_rate'])
         synthetic = m['data'] == 'synthetic'
         d['model'] = dict(
-            type='mimiq_mm.QuantDistiller', architecture=arch, teacher_checkpoint=osp.abspath(self.teacher_checkpoint(t)),
-            quant=dict(w_bits=w_bits, a_bits=a_bits, act_method=ft['act_method'] if m['finetune'] else ptq['act_method']),
+            type='mimiq_mm.QuantDistiller', architecture=arch,
+            teacher_checkpoint=osp.abspath(self.teacher_checkpoint(t)),
+            quant=dict(w_bits=w_bits, a_bits=a_bits,
+                       act_method=ft['act_method'] if m['finetune'] else ptq['act_method']),
             kd=dict(temperature=ft['kd_temperature'], loss_weight=1.0),
             had=dict(metric='dssim', loss_weight=ft['had_gamma']) if m['had'] else None,
             augment=ft.get('augment') if (m['finetune'] and synthetic) else None)
@@ -670,8 +637,9 @@ class Benchmark:
             d['param_scheduler'] = [dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=iters, T_max=iters,
                                          eta_min=ft['lr'] * 0.01)]
         hooks = dict(d.get('default_hooks') or {})
-        hooks['checkpoint'] = dict(type='CheckpointHook', by_epoch=False, interval=int(ft.get('checkpoint_interval', 1000)),
-                                   max_keep_ckpts=1, save_last=False)
+        hooks['checkpoint'] = dict(type='CheckpointHook', by_epoch=False,
+                                   interval=int(ft.get('checkpoint_interval', 1000)), max_keep_ckpts=1,
+                                   save_last=False)
         hooks['logger'] = dict(type='LoggerHook', interval=max(1, min(50, iters // 5 or 1)))
         d['default_hooks'] = hooks
         d['log_processor'] = dict(by_epoch=False)
@@ -711,11 +679,17 @@ class Benchmark:
             return q
         return dict(quant=fingerprint(q), test_split=self.args.test_split)
 
-    def status(self, u):
-        """'done', 'stale' (done with other settings), 'todo', or 'blocked' (a dependency is not done)."""
-        for dep in u.deps:
-            if self.status(dep) != 'done':
-                return 'blocked'
+    def status(self, u, deps=True):
+        """'done' (its output exists, made with the current settings), else 'blocked' when a
+        dependency is not done, else 'stale' (done with other settings) or 'todo'."""
+        own = self._own_status(u)
+        if own == 'done' or not deps:
+            return own
+        if any(self.status(dep) != 'done' for dep in u.deps):
+            return 'blocked'
+        return own
+
+    def _own_status(self, u):
         rec = read_json(self.record_path(u))
         if rec is None or not rec.get('complete', True):
             return 'todo'
@@ -790,6 +764,11 @@ class Benchmark:
             st = self.status(u)
             if st == 'done':
                 self.log(f'skipped {u.name}: done')
+                self.counts['skipped'].append(u.name)
+                continue
+            if u.kind == 'synth' and not any(q.kind == 'quant' and u in q.deps and self.status(q, deps=False) != 'done'
+                                             for q in units):
+                self.log(f'skipped {u.name}: every unit that uses this set is done')
                 self.counts['skipped'].append(u.name)
                 continue
             if st == 'blocked':
@@ -917,8 +896,8 @@ class Benchmark:
         if warmup > 0:
             sched.append(dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=warmup,
                               convert_to_iter_based=True))
-        sched.append(dict(type='CosineAnnealingLR', by_epoch=True, begin=warmup, end=epochs, T_max=max(1, epochs - warmup),
-                          eta_min=1e-5, convert_to_iter_based=True))
+        sched.append(dict(type='CosineAnnealingLR', by_epoch=True, begin=warmup, end=epochs,
+                          T_max=max(1, epochs - warmup), eta_min=1e-5, convert_to_iter_based=True))
         d['param_scheduler'] = sched
         hooks = dict(d.get('default_hooks') or {})
         hooks['checkpoint'] = dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_last=True)
@@ -1024,12 +1003,8 @@ class Benchmark:
         runner = self.build_runner(d, f'quant-{u.key}')
         hook = DeadlineHook(self.deadline, self.log)
         runner.register_hook(hook, priority='LOWEST')
-        undo = patch_epoch_sleep()
         t0 = time.time()
-        try:
-            runner.train()
-        finally:
-            undo()
+        runner.train()
         seconds = time.time() - t0
         if hook.stopped:
             return 'partial'
@@ -1141,8 +1116,8 @@ class Benchmark:
             return cell['mean'] if cell else None
 
         def add(t, bits, text, ok, detail):
-            out.append(dict(teacher=t, bits=bits, check=text, status='n/a' if ok is None else ('pass' if ok else 'FAIL'),
-                            detail=detail))
+            status = 'n/a' if ok is None else ('pass' if ok else 'FAIL')
+            out.append(dict(teacher=t, bits=bits, check=text, status=status, detail=detail))
 
         for t in summary:
             for bits in ('w3a3', 'w2a4'):
@@ -1187,11 +1162,12 @@ class Benchmark:
         invocations = self.meta.get('invocations', [])
         data = dict(
             benchmark=self.name, scale=self.scale_name, scale_description=self.scale.get('description'),
-            scale_settings=jsonable(self.scale), scale_overrides=self.overrides, recipe=osp.relpath(self.recipe_path, ROOT),
+            scale_settings=jsonable(self.scale), scale_overrides=self.overrides,
+            recipe=osp.relpath(self.recipe_path, ROOT),
             data_root=self.meta.get('data_root'), measured=bool(results or teachers), complete=not missing,
             missing=missing, generated=now_iso(), work_dir=self.work,
-            teachers={t: dict(top1=r['top1'], label=r.get('label'), **(r.get('train') or {}), eval_device=r.get('device'))
-                      for t, r in teachers.items()},
+            teachers={t: dict(top1=r['top1'], label=r.get('label'), **(r.get('train') or {}),
+                              eval_device=r.get('device')) for t, r in teachers.items()},
             methods={m: self.methods_all[m] for m in methods}, bits=bits, seeds=sorted({r['seed'] for r in results}),
             summary=summary, results=results, synthetic_sets=synth, checks=checks,
             invocations=invocations, timings=self.meta.get('timings', {}))
@@ -1225,10 +1201,11 @@ class Benchmark:
             lines.append(f'## Teacher `{t}`: {label}')
             lines.append('')
             if fp:
-                lines.append(f'Full-precision top-1 **{fp["top1"]:.2f}** ({fp.get("epochs_trained") or "given"} epochs, '
-                             f'{fmt_seconds(fp.get("train_seconds"))} training'
-                             f'{", shortened to fit the time budget" if fp.get("shrunk_to_fit") else ""}'
-                             f'{", " + format(fp["params"] / 1e6, ".2f") + " M parameters" if fp.get("params") else ""}).')
+                extra = ', shortened to fit the time budget' if fp.get('shrunk_to_fit') else ''
+                if fp.get('params'):
+                    extra += f', {fp["params"] / 1e6:.2f} M parameters'
+                lines.append(f'Full-precision top-1 **{fp["top1"]:.2f}** ({fp.get("epochs_trained") or "given"} '
+                             f'epochs, {fmt_seconds(fp.get("train_seconds"))} training{extra}).')
                 lines.append('')
             lines.append('| Method | ' + ' | '.join(bits_label(b) for b in bits) + ' |')
             lines.append('|---|' + '---|' * len(bits))
@@ -1255,7 +1232,8 @@ class Benchmark:
             lines.append("## Checks against the paper's expectations")
             lines.append('')
             for c in data['checks']:
-                lines.append(f'- [{c["status"]}] `{c["teacher"]}` {bits_label(c["bits"])}: {c["check"]} ({c["detail"]})')
+                lines.append(f'- [{c["status"]}] `{c["teacher"]}` {bits_label(c["bits"])}: {c["check"]} '
+                             f'({c["detail"]})')
             lines.append('')
         if data['synthetic_sets']:
             lines.append('## Synthetic sets (one per teacher and synthesis method, shared by all bit-widths and seeds)')
@@ -1484,7 +1462,8 @@ def parse_args(argv=None):
                             ('--synth-images', int, 'images per synthetic set (mimiq, base)'),
                             ('--synth-steps', int, 'optimisation steps per synthetic batch'),
                             ('--synth-batch', int, 'synthesis batch size'),
-                            ('--ft-iters', int, 'fine-tuning iterations'), ('--ft-batch', int, 'fine-tuning batch size'),
+                            ('--ft-iters', int, 'fine-tuning iterations'),
+                            ('--ft-batch', int, 'fine-tuning batch size'),
                             ('--ft-lr', float, 'fine-tuning SGD lr'), ('--had-gamma', float, 'weight of L_HAD'),
                             ('--kd-temperature', float, 'KL temperature')]:
         g.add_argument(flag, type=typ, help=what)
