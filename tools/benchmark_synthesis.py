@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument('--cpu-timer', choices=['wall', 'process'], default='wall',
                    help="on CPU: time steps by wall clock or by this process's CPU time (steadier on a "
                         'shared machine with --threads 1); CUDA always uses events')
+    p.add_argument('--interleave', action='store_true',
+                   help='time the step kinds in alternation (steadier ratios on a shared machine; no per-kind '
+                        'peak memory)')
     p.add_argument('--tf32', action='store_true', help='allow TF32 matmuls on CUDA (off by default)')
     p.add_argument('--threads', type=int, default=None, help='CPU threads (torch.set_num_threads)')
     p.add_argument('--seed', type=int, default=0)
@@ -89,7 +92,7 @@ def main(argv=None):
           f'{args.warmup} warm-up + {args.iters} timed steps each')
     result = run_benchmark(setup, args.batch, precision=args.precision, device=device, warmup=args.warmup,
                            iters=args.iters, kinds=args.steps, ihc_impl=args.ihc_impl, timer=args.cpu_timer,
-                           argv=command)
+                           interleave=args.interleave, argv=command)
     result['tf32'] = bool(args.tf32) if device.startswith('cuda') else None
     if args.losses:
         from mimiq_mm.benchmark.losses import format_losses, time_losses

@@ -14,6 +14,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import mimiq_mm  # noqa: E402,F401
 
@@ -60,10 +61,12 @@ def main():
         import torch
         if not torch.cuda.is_available():
             cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-    runner = Runner.from_cfg(cfg)
-    runner._init_model_weights()  # loads the teacher checkpoint
-    loop = runner.train_loop
-    dataset = loop.prepare_synthetic_set()
+    from train import user_errors_reported  # tools/train.py: bad input ends with its message
+    with user_errors_reported():
+        runner = Runner.from_cfg(cfg)
+        runner._init_model_weights()  # loads the teacher checkpoint
+        loop = runner.train_loop
+        dataset = loop.prepare_synthetic_set()
     print(f'synthetic set ready: {len(dataset)} images in {loop.synthetic_root()}')
 
 

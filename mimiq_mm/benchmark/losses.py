@@ -9,7 +9,7 @@ from ..attention import AttentionRecord, AttentionRecorder
 from ..losses import (HeadAttentionDistillLoss, InterHeadCoherencyLoss, as_float32, global_ssim,
                       pairwise_global_ssim, spatial_head_maps)
 from .steps import PRECISIONS
-from .timing import time_step
+from .timing import time_interleaved
 
 
 def ihc_from_maps(records, eps=1e-8):
@@ -45,7 +45,8 @@ def _teacher_records(setup, batch, precision, device):
 
 
 def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, timer='wall'):
-    """Time L_IHC and L_HAD (forward + backward) on the teacher's attention records of one batch.
+    """Time L_IHC and L_HAD (forward + backward) on the teacher's attention records of one batch,
+    the fast path and the map-building formulation in alternation.
 
     The scores / head outputs are recorded once (under the run's precision, so bf16 runs feed
     bf16 tensors, as in synthesis); the student's outputs for L_HAD are the teacher's plus noise.
@@ -71,7 +72,7 @@ def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10
                                      maps=lambda: had_from_maps(t_records, s_records))))
     result = {}
     for name, (leaves, impls) in cases.items():
-        entry, values, grads = {}, {}, {}
+        entry, values, grads, calls = {}, {}, {}, {}
         for impl, fn in impls.items():
             def step(fn=fn):
                 for x in leaves:
@@ -79,7 +80,9 @@ def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10
                 loss = fn()
                 loss.backward()
                 return loss
-            entry[impl] = time_step(step, device, warmup=warmup, iters=iters, timer=timer)
+            calls[impl] = step
+        entry.update(time_interleaved(calls, device, warmup=warmup, iters=iters, timer=timer))
+        for impl, step in calls.items():
             values[impl] = float(step().item())
             grads[impl] = [x.grad.detach().float().clone() for x in leaves]
         entry['speedup'] = entry['maps']['ms_median'] / entry['fast']['ms_median']

@@ -19,7 +19,7 @@ import os.path as osp
 import torch
 
 from .steps import AMP_NAMES, DistillStep, SynthesisStep
-from .timing import environment, time_step
+from .timing import environment, time_interleaved, time_step
 
 STEP_KINDS = ('plain', 'ihc', 'psaq', 'kd', 'kd_had')
 SYNTHESIS_METHODS = {'plain': 'base', 'ihc': 'mimiq', 'psaq': 'psaq'}
@@ -121,30 +121,47 @@ def make_step(setup, kind, batch, precision, ihc_impl=None, seed=0):
 
 
 def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, kinds=STEP_KINDS,
-                  ihc_impl=None, timer='wall', argv=None, log=print):
-    """Time each step kind in ``kinds`` on ``setup``; returns the JSON-ready result dict."""
+                  ihc_impl=None, timer='wall', interleave=False, argv=None, log=print):
+    """Time each step kind in ``kinds`` on ``setup``; returns the JSON-ready result dict.
+
+    By default each kind is timed on its own (warm-up, then ``iters`` calls) with its own peak
+    memory. ``interleave=True`` times the kinds in alternation (one call of each per round), so a
+    shared machine's changing load affects all alike and the ratios are steadier; peak memory is
+    then not attributed to a kind.
+    """
     device = torch.device(device)
     setup.distiller.to(device)
     d = setup.distiller
+    for kind in kinds:
+        if kind not in STEP_KINDS:
+            raise ValueError(f'unknown step kind {kind!r}; choose from {STEP_KINDS}')
     # Initialise the student's activation ranges once, as the QAT loop's calibration does.
     with torch.no_grad():
         calib = torch.randn(min(batch, 8), 3, *setup.image_size, device=device)
         d.calibrate([calib])
     steps = {}
-    for kind in kinds:
-        if kind not in STEP_KINDS:
-            raise ValueError(f'unknown step kind {kind!r}; choose from {STEP_KINDS}')
-        step = make_step(setup, kind, batch, precision, ihc_impl=ihc_impl)
-        timing = time_step(step, device, warmup=warmup, iters=iters, timer=timer)
+
+    def finish(kind, step, timing):
         values = step.last_terms if kind in SYNTHESIS_METHODS else step.last_losses
         timing['loss_terms'] = {k: float(torch.as_tensor(v).detach().float().mean().item()) for k, v in values.items()}
         timing['description'] = DESCRIPTIONS[kind]
         timing['image_steps_per_s'] = batch * 1e3 / timing['ms_median']
+        timing.setdefault('peak_memory_bytes', None)
         steps[kind] = timing
-        del step
-        gc.collect()
         if log:
             log(f'  {kind:7s} {timing["ms_median"]:10.2f} ms/step  {timing["image_steps_per_s"]:10.1f} img-steps/s')
+
+    if interleave:
+        calls = {kind: make_step(setup, kind, batch, precision, ihc_impl=ihc_impl) for kind in kinds}
+        for kind, timing in time_interleaved(calls, device, warmup=warmup, iters=iters, timer=timer).items():
+            finish(kind, calls[kind], timing)
+        del calls
+    else:
+        for kind in kinds:
+            step = make_step(setup, kind, batch, precision, ihc_impl=ihc_impl)
+            finish(kind, step, time_step(step, device, warmup=warmup, iters=iters, timer=timer))
+            del step
+            gc.collect()
     d.had_loss = None
     for kind, timing in steps.items():
         base = BASELINE[kind]
@@ -153,7 +170,7 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
     ratios = {f'{k}_vs_{BASELINE[k]}': steps[k]['ratio'] for k in steps if steps[k]['ratio'] is not None}
     result = dict(
         model=setup.name, device=device.type, precision=precision, batch=batch, image_size=list(setup.image_size),
-        warmup=warmup, iters=iters, timer=timer if device.type != 'cuda' else 'cuda-events',
+        warmup=warmup, iters=iters, timer=timer if device.type != 'cuda' else 'cuda-events', interleaved=interleave,
         ihc_impl=ihc_impl or 'fast',
         quant=dict(w_bits=d.quant_cfg.w_bits, a_bits=d.quant_cfg.a_bits, act_method=d.quant_cfg.act_method),
         had=setup.had, steps=steps, ratios=ratios, targets=TARGETS,

@@ -87,6 +87,42 @@ def time_step(step, device, warmup=3, iters=10, timer='wall'):
     return result
 
 
+def time_interleaved(steps, device, warmup=3, iters=10, timer='wall'):
+    """Time several callables in alternation (one call of each per round), so that a shared
+    machine's changing load affects them alike; for A/B comparisons.
+
+    Args:
+        steps (dict[str, callable]): what to time.
+
+    Returns:
+        dict[str, dict]: per name, as :func:`time_step` (without memory readings).
+    """
+    device = torch.device(device)
+    for _ in range(max(int(warmup), 0)):
+        for step in steps.values():
+            step()
+    synchronize(device)
+    times = {name: [] for name in steps}
+    for _ in range(int(iters)):
+        for name, step in steps.items():
+            synchronize(device)
+            if device.type == 'cuda':
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                step()
+                end.record()
+                end.synchronize()
+                times[name].append(float(start.elapsed_time(end)))
+            else:
+                clock = time.process_time if timer == 'process' else time.perf_counter
+                t0 = clock()
+                step()
+                times[name].append((clock() - t0) * 1e3)
+    used = 'cuda-events' if device.type == 'cuda' else timer
+    return {name: dict(timer=used, times_ms=t, ms_mean=statistics.fmean(t), ms_median=statistics.median(t),
+                       ms_min=min(t)) for name, t in times.items()}
+
+
 def _cpu_name():
     try:
         with open('/proc/cpuinfo') as f:
