@@ -17,8 +17,12 @@ class SynthesisAugment(nn.Module):
         super().__init__()
         self.jitter, self.flip, self.color, self.noise = jitter, flip, color, noise
 
-    def forward(self, images, progress=0.0, generator=None):
-        """images: (B, 3, H, W) in normalised space; progress in [0, 1]."""
+    def forward(self, images, progress=0.0, generator=None, noise_generator=None):
+        """images: (B, 3, H, W) in normalised space; progress in [0, 1].
+
+        ``generator`` (CPU) draws the small random choices; ``noise_generator`` (on the images'
+        device) draws the noise image, so no large tensor is made on the CPU and copied.
+        """
         b, _, h, w = images.shape
         dev = images.device
 
@@ -37,6 +41,6 @@ class SynthesisAugment(nn.Module):
             shift = self.color * (rand(b, 3, 1, 1) * 2 - 1)
             x = x * scale + shift
         if self.noise > 0 and progress < 1:
-            noise = torch.randn(x.shape, generator=generator, device='cpu').to(dev)
+            noise = torch.randn(x.shape, generator=noise_generator, device=dev)
             x = x + self.noise * (1 - progress) * noise
         return x

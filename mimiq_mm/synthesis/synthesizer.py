@@ -90,9 +90,9 @@ class ImageSynthesizer:
         x = (pixels.float() - self.pixel_mean) / self.pixel_std
         return x.to(self.device)
 
-    def loss_terms(self, images, targets, generator=None, progress=0.0):
+    def loss_terms(self, images, targets, generator=None, progress=0.0, noise_generator=None):
         """The synthesis losses of one step on normalised ``images`` (B, 3, H, W)."""
-        x = self.augment(images, progress, generator)
+        x = self.augment(images, progress, generator, noise_generator)
         fields = ('scores',) if self.ihc_loss is not None else ()
         fields += ('outputs',) if self.psaq_loss is not None else ()
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _null()
@@ -142,6 +142,7 @@ class ImageSynthesizer:
 
     def _synthesize_once(self, targets, seed, log_prefix):
         generator = torch.Generator().manual_seed(int(seed))
+        noise_generator = torch.Generator(device=self.device).manual_seed(int(seed))
         b = targets.shape[0]
         h, w = self.image_size
         images = torch.randn(b, 3, h, w, generator=generator).to(self.device)
@@ -158,7 +159,8 @@ class ImageSynthesizer:
         terms = {}
         for step in range(self.steps):
             optimizer.zero_grad(set_to_none=True)
-            terms = self.loss_terms(images, targets, generator, progress=step / max(self.steps, 1))
+            terms = self.loss_terms(images, targets, generator, progress=step / max(self.steps, 1),
+                                    noise_generator=noise_generator)
             total = sum(terms.values())
             if not torch.isfinite(total):
                 raise NonFiniteSynthesisError(f'loss {total.item()} at step {step}')
