@@ -20,32 +20,46 @@ CONFIG = osp.join(ROOT, 'tests', 'configs', 'tiny_cls_mimiq.py')
 NUM_CLASSES = 4
 
 
+CLASS_COLOURS = torch.tensor([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]], dtype=torch.float32)
+
+
+def class_images(labels, size=16, seed=0):
+    """Images whose class is visible: a coloured square on noise. uint8 (B, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 80, (len(labels), 3, size, size), generator=g).float()
+    for i, label in enumerate(labels.tolist()):
+        top, left = torch.randint(0, size // 2, (2,), generator=g).tolist()
+        images[i, :, top:top + size // 2, left:left + size // 2] = CLASS_COLOURS[label].view(3, 1, 1)
+    return images.clamp(0, 255).to(torch.uint8)
+
+
 def make_image_folder(root, per_class=3, size=16, seed=0):
-    """A tiny ImageFolder of random images: <root>/test/<class>/<i>.png."""
-    rng = np.random.default_rng(seed)
-    for c in range(NUM_CLASSES):
-        folder = osp.join(root, 'test', str(c))
+    """A tiny ImageFolder: <root>/test/<class>/<i>.png."""
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+    for i, (img, label) in enumerate(zip(class_images(labels, size, seed), labels.tolist())):
+        folder = osp.join(root, 'test', str(label))
         os.makedirs(folder, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(osp.join(folder, f'{i}.png'))
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(osp.join(folder, f'{i}.png'))
     return root
 
 
-def make_teacher_checkpoint(path):
-    """A random tiny timm ViT matching the test config, saved as a plain state_dict.
-
-    Weights are drawn at unit fan-in scale (not timm's 0.02) so activations are O(1) like in a
-    trained model; with timm's init they are ~0.02 and any update swamps them.
-    """
+def make_teacher_checkpoint(path, steps=60):
+    """A tiny timm ViT matching the test config, briefly trained to tell the classes apart (so its
+    activations and predictions have the structure of a trained model), saved as a state_dict
+    with a numpy value in meta (the torch >= 2.6 safe-loading case)."""
     import timm
     torch.manual_seed(0)
     model = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=16, patch_size=4, embed_dim=24,
                               depth=2, num_heads=3, mlp_ratio=2.0, num_classes=NUM_CLASSES)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() > 1 or 'embed' in name or 'token' in name:
-                param.normal_(0, param.shape[-1] ** -0.5)
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(note=np.float64(1.0))), path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        labels = torch.randint(0, NUM_CLASSES, (16,))
+        images = (class_images(labels, seed=step + 1).float() - 127.5) / 127.5  # the config's normalisation
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(final_loss=np.float64(loss.item()))), path)
     return path
 
 
