@@ -96,8 +96,9 @@ class QuantDistiller(BaseModel):
         self.allow_random_teacher = allow_random_teacher
         kd = dict(dict(temperature=1.0, loss_weight=1.0), **(kd or {}))
         self.kd_temperature, self.kd_weight = kd['temperature'], kd['loss_weight']
-        had = dict(had or {})
-        self.had_loss = HeadAttentionDistillLoss(**had) if had.get('loss_weight', 1.0) > 0 and had else None
+        # had=None (or loss_weight 0) switches L_HAD off; any dict, even empty, switches it on.
+        self.had_loss = (HeadAttentionDistillLoss(**had)
+                         if had is not None and had.get('loss_weight', 1.0) > 0 else None)
         self._register_load_state_dict_pre_hook(self._route_plain_state_dict)
 
     # ------------------------------------------------------------------ set-up
