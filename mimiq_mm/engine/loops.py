@@ -205,8 +205,7 @@ class DataFreeQATLoop(IterBasedTrainLoop):
         self.dataloader_iterator = CyclingIterator(self.dataloader)
         self.calibrate()
         self.runner.call_hook('before_train_epoch')
-        for _ in range(self._iter):  # resumed: skip what was trained
-            next(self.dataloader_iterator)
+        self.dataloader_iterator.skip(self._iter)  # resumed: continue where training stopped
         try:
             while self._iter < self._max_iters and not self.stop_training:
                 self.runner.model.train()
@@ -236,6 +235,19 @@ class CyclingIterator:
 
     def __iter__(self):
         return self
+
+    def skip(self, num_batches):
+        """Move on by ``num_batches`` without loading whole passes: jump to the right pass
+        (epoch) and read only the remainder."""
+        passes, rest = divmod(num_batches, max(len(self.loader), 1))
+        if passes:
+            self.epoch += passes
+            sampler = getattr(self.loader, 'sampler', None)
+            if hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(self.epoch)
+            self.iterator = iter(self.loader)
+        for _ in range(rest):
+            next(self)
 
     def __next__(self):
         try:
