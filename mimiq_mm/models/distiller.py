@@ -6,6 +6,7 @@ evaluate the student with the task model's own data pipeline and evaluator.
 """
 import copy
 import os
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -188,12 +189,12 @@ class QuantDistiller(BaseModel):
         """L_T on normalised ``inputs`` (B, 3, H, W): {'loss_kd', 'loss_had'}."""
         fields = ('outputs',) if self.had_loss is not None else ()
         with torch.no_grad():
-            with AttentionRecorder(self.teacher, fields=fields, detach=True) if fields else _Nothing() as t_rec:
+            with AttentionRecorder(self.teacher, fields=fields, detach=True) if fields else nullcontext() as t_rec:
                 teacher_out = self.task.forward_tensor(self.teacher, inputs)
         # A task may run the student on the teacher's intermediate results (the detector's
         # proposals) through ``forward_student(model, inputs, teacher_outputs)``.
         forward_student = getattr(self.task, 'forward_student', None)
-        with AttentionRecorder(self.student, fields=fields) if fields else _Nothing() as s_rec:
+        with AttentionRecorder(self.student, fields=fields) if fields else nullcontext() as s_rec:
             if forward_student is not None:
                 student_out = forward_student(self.student, inputs, teacher_out)
             else:
@@ -217,16 +218,6 @@ class QuantDistiller(BaseModel):
     def student_state_dict(self):
         """The student's weights and quantizer state, with the task model's own keys."""
         return self.student.state_dict()
-
-
-class _Nothing:
-    records = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _strip_prefix(state, model):

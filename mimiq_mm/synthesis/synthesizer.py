@@ -1,5 +1,6 @@
 """Optimising a batch of images from Gaussian noise against the frozen full-precision teacher."""
 import time
+from contextlib import nullcontext
 from typing import Optional, Sequence
 
 import torch
@@ -95,7 +96,7 @@ class ImageSynthesizer:
         x = self.augment(images, progress, generator, noise_generator)
         fields = ('scores',) if self.ihc_loss is not None else ()
         fields += ('outputs',) if self.psaq_loss is not None else ()
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else _null()
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         # Tasks may offer a lighter forward for synthesis: the prior's outputs only
         # (``forward_prior``), or just the backbone when a separate prior model gives L_CL.
         if self.prior is not None:
@@ -179,14 +180,6 @@ class ImageSynthesizer:
         if not torch.isfinite(images).all():
             raise NonFiniteSynthesisError('images contain non-finite values')
         return images.detach(), {k: float(v.item()) for k, v in terms.items()}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _fmt_seconds(seconds):
