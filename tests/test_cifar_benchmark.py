@@ -3,6 +3,7 @@ teacher training on the train split, synthetic sets, Gaussian-noise PTQ and Mimi
 top-1, the markdown + JSON report, skipping finished stages on a second invocation, evaluation
 from a saved student, the time budget, and moving the state with --pack / --restore."""
 import glob
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -12,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from mmengine.config import Config
 from PIL import Image
 
 pytest.importorskip('mmpretrain')
@@ -188,3 +190,34 @@ def test_teacher_schedule_shrinks_to_its_time_cap(bench, tmp_path):
     assert rec['shrunk_to_fit'] and rec['epochs_requested'] == 200 and 1 <= rec['epochs_trained'] < 200
     assert osp.isfile(osp.join(work, 'vit', 'teacher', 'teacher.pth'))
     assert not glob.glob(osp.join(work, 'vit', 'teacher', 'epoch_*.pth'))  # resume checkpoints removed
+
+
+def _load_driver():
+    spec = importlib.util.spec_from_file_location('cifar10_table_driver', DRIVER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCHMARK_CONFIG = osp.join(ROOT, 'configs', 'cifar10', 'benchmark.py')
+
+
+@pytest.mark.parametrize('scale', list(Config.fromfile(BENCHMARK_CONFIG)['scales']))
+def test_every_scale_preset_names_buildable_teachers_and_their_labels(tmp_path, scale):
+    """Each preset's teachers resolve to configs that load, with an input size the patch divides,
+    and the label the report prints is the preset's own when it shrinks a teacher."""
+    recipe = Config.fromfile(BENCHMARK_CONFIG)
+    preset = recipe['scales'][scale]
+    driver = _load_driver()
+    args = driver.parse_args(['--scale', scale, '--work-dir', str(tmp_path / 'work'), '--teachers', 'vit', 'swin'])
+    bench = driver.Benchmark(args, [])
+    assert sorted(bench.teachers) == ['swin', 'vit']
+    for name, spec in bench.teachers.items():
+        expected = preset.get('teacher_labels', {}).get(name) or recipe['teachers'][name]['label']
+        assert spec['label'] == expected
+        model = Config.fromfile(osp.join(ROOT, spec['config'])).model
+        assert model.img_size % model.patch_size == 0
+        heads = model.num_heads if isinstance(model.num_heads, int) else min(model.num_heads)
+        assert heads >= 2
+        if name == 'vit' and scale != 'smoke':
+            assert model.num_heads == 6  # the head count the benchmark's head-wise losses are studied at

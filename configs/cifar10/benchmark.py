@@ -56,6 +56,28 @@ scales = {
         workers=0,
         estimates=dict(teacher=30, synth=10, quant=10, eval=5),
     ),
+    # A 2-core CPU (the development machine, no GPU) in about 1.5 hours: a smaller teacher (patch 4,
+    # 8x8 grid, 6 heads), 256 synthetic images, 150 fine-tuning iterations. Far below the paper's
+    # recipe and below gpu-30min; it exists so the method can be checked on real data where no GPU is lent.
+    'cpu-2core': dict(
+        description='a 2-core CPU in ~1.5 h: 0.45 M-parameter ViT teacher (patch 4, 6 heads) trained ~15 min, '
+                    '256 synthetic images x 200 steps, 150 fine-tuning iterations; far below the paper recipe',
+        teacher_configs=dict(vit='configs/cifar10/vit-cpu_p4_cifar10.py',
+                             swin='configs/cifar10/swin-cpu_p4w4_cifar10.py'),
+        teacher_labels=dict(vit='ViT (DeiT-S-style heads, patch 4, class token, 6 heads, dim 96, depth 4)',
+                            swin='Swin (patch 4, window 4, two stages, 3/6 heads, dim 48)'),
+        teachers=['vit'], bits=['w3a3', 'w2a4'], seeds=[0, 1],
+        teacher=dict(epochs=6, warmup_epochs=1, batch_size=128, lr=2e-3, weight_decay=0.05, max_seconds=900),
+        synthesis=dict(num_images=256, batch_size=64, steps=200, noise_images=128, psaq_images=32,
+                       amp_dtype=None, log_interval=50),
+        finetune=dict(iters=150, batch_size=64, lr=1e-2, schedule='cosine', act_method='lsq',
+                      kd_temperature=1.0, had_gamma=1.0, calibration_batches=2, augment=ft_augment,
+                      drop_path_rate=0.0, checkpoint_interval=1000),
+        ptq=dict(batch_size=16, act_method='minmax'),
+        eval=dict(batch_size=500),
+        workers=1,
+        estimates=dict(teacher=920, synth=240, quant=150, eval=30),
+    ),
     # One H100 session of about 30 device minutes (commands of <= 10 minutes, machine starts
     # included): the main ViT teacher (<= 4.5 min), three synthetic sets (~1 min each), 16 fine-tuning
     # and 8 PTQ units at the two headline bit-widths and 2 seeds (~30 s / ~8 s each; estimates, not

@@ -15,7 +15,7 @@ mmpretrain TimmClassifier configs in configs/cifar10/), the driver
      results.json (every figure, seeds, command lines, wall times, device) (stage `report`)
 
 The methods, bit-widths, seeds and the size of every stage come from a scale preset of
-configs/cifar10/benchmark.py (--scale smoke | gpu-30min | paper), printed in the output. Every
+configs/cifar10/benchmark.py (--scale smoke | cpu-2core | gpu-30min | paper), printed in the output. Every
 unit of work saves its result in the work directory and is skipped when it exists (with the same
 settings), so a run can be split over many short commands: --stages / --only select units,
 --time-budget stops starting new ones (and stops running ones cleanly, resumable) before a
@@ -409,7 +409,10 @@ class Benchmark:
         names = self.select('teachers', list(self.scale['teachers']), self.scale['teacher_configs'])
         out = {}
         for name in names:
-            out[name] = dict(name=name, label=self.recipe['teachers'].get(name, {}).get('label', name),
+            # a scale may shrink a teacher (e.g. patch 4 on a CPU): its own label then wins
+            label = (self.scale.get('teacher_labels', {}).get(name)
+                     or self.recipe['teachers'].get(name, {}).get('label', name))
+            out[name] = dict(name=name, label=label,
                              config=self.scale['teacher_configs'][name], checkpoint=None,
                              cfg_options=list(a.teacher_cfg_options or []))
         return out
@@ -1197,7 +1200,7 @@ class Benchmark:
         lines.append('')
         for t in teacher_names:
             fp = data['teachers'].get(t, {})
-            label = fp.get('label') or self.teachers.get(t, {}).get('label', t)
+            label = self.teachers.get(t, {}).get('label') or fp.get('label') or t
             lines.append(f'## Teacher `{t}`: {label}')
             lines.append('')
             if fp:
@@ -1428,8 +1431,8 @@ def parse_args(argv=None):
     g.add_argument('--work-dir', help='where every stage saves its output (default: '
                    'work_dirs/benchmark/<data folder name>_<scale>)')
     g = p.add_argument_group('what to run')
-    g.add_argument('--scale', default='gpu-30min', help='scale preset of the benchmark config: smoke | gpu-30min | '
-                   'paper (sizes of the teacher training, synthetic sets and fine-tuning)')
+    g.add_argument('--scale', default='gpu-30min', help='scale preset of the benchmark config: smoke | cpu-2core | '
+                   'gpu-30min | paper (sizes of the teacher training, synthetic sets and fine-tuning)')
     g.add_argument('--benchmark-config', default=DEFAULT_BENCHMARK_CONFIG,
                    help='teachers, methods and scale presets (default: %(default)s)')
     g.add_argument('--stages', '--stage', nargs='+', help=f'stages to run (default: all): {", ".join(STAGES)}')
