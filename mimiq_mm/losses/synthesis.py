@@ -106,10 +106,15 @@ class _GaussianKDEOnGrid(torch.autograd.Function):
     """
 
     @staticmethod
+    def _offsets(grid, samples, start, chunk, bandwidth):
+        """z = (x_g - s_k) / h for the samples [start, start + chunk): (B, G, chunk)."""
+        return (grid.view(1, -1, 1) - samples[:, None, start:start + chunk]) / bandwidth
+
+    @staticmethod
     def forward(ctx, samples, grid, bandwidth, chunk):
         sums = samples.new_zeros(samples.shape[0], grid.numel())
         for start in range(0, samples.shape[1], chunk):
-            z = (grid.view(1, -1, 1) - samples[:, None, start:start + chunk]) / bandwidth
+            z = _GaussianKDEOnGrid._offsets(grid, samples, start, chunk, bandwidth)
             sums += torch.exp(-0.5 * z * z).sum(dim=-1)
         ctx.save_for_backward(samples, grid)
         ctx.bandwidth, ctx.chunk = bandwidth, chunk
@@ -121,7 +126,7 @@ class _GaussianKDEOnGrid(torch.autograd.Function):
         h, chunk = ctx.bandwidth, ctx.chunk
         grad = torch.empty_like(samples)
         for start in range(0, samples.shape[1], chunk):
-            z = (grid.view(1, -1, 1) - samples[:, None, start:start + chunk]) / h   # (B, G, c)
+            z = _GaussianKDEOnGrid._offsets(grid, samples, start, chunk, h)
             weights = torch.exp(-0.5 * z * z) * z
             grad[:, start:start + chunk] = torch.einsum('bg,bgc->bc', grad_sums, weights) / h
         return grad, None, None, None
