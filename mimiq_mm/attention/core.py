@@ -11,7 +11,7 @@ Adapters (one per backbone family) compute q, k, v with the block's own weights 
   want only the per-head outputs. The explicit path computes the scores once and reuses them for
   the softmax, so recording adds no pass over the N×N matrices.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -66,7 +66,6 @@ class AttentionRecord:
     scores: Optional[torch.Tensor] = None
     probs: Optional[torch.Tensor] = None
     outputs: Optional[torch.Tensor] = None
-    extra: dict = field(default_factory=dict)
 
 
 class CaptureContext:
@@ -160,12 +159,10 @@ class AttentionCore(nn.Module):
             Tensor: (B', H, N, D) per-head outputs.
         """
         recorders = self._active_recorders()
-        q = self.query_quantizer(q)
-        k = self.key_quantizer(k)
-        v = self.value_quantizer(v)
         if not self.quantized and all(_OUTPUT_ONLY.issuperset(rec.fields) for rec in recorders):
             # Nothing needs the N×N matrices (no recorder, or recorders of the head outputs only,
             # e.g. L_HAD's teacher and PSAQ): the fused kernel gives the same outputs.
+            q, k, v = self.query_quantizer(q), self.key_quantizer(k), self.value_quantizer(v)
             attn_mask = self._additive_mask(bias, window_mask, q)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
             if recorders:
@@ -174,21 +171,50 @@ class AttentionCore(nn.Module):
                     rec.add(self.attn_name, layout, outputs=out)
             return out
 
-        scores = (q * scale) @ k.transpose(-2, -1)
-        logits = scores
-        attn_mask = self._additive_mask(bias, window_mask, q)
-        if attn_mask is not None:
-            logits = logits + attn_mask
+        wanted = {field for rec in recorders for field in rec.fields}
+        scores = self.quantized_scores(q, k, scale)
+        logits = self._masked_logits(scores, bias, window_mask, inplace='scores' not in wanted)
         probs = logits.softmax(dim=-1)
         if dropout_p > 0:
             probs = F.dropout(probs, p=dropout_p, training=True)
-        probs_q = self.prob_quantizer(probs)
-        out = probs_q @ v
+        if 'probs' in wanted or torch.is_grad_enabled() or isinstance(self.prob_quantizer, nn.Identity):
+            probs_q = self.prob_quantizer(probs)
+        else:  # nothing else reads the float probabilities: quantize them where they are
+            probs_q = self.prob_quantizer(probs, out=probs)
+        out = probs_q @ self.value_quantizer(v)
         if recorders:
             layout = self.layout(q.shape[-2], q.shape[0], shifted=window_mask is not None)
             for rec in recorders:
                 rec.add(self.attn_name, layout, scores=scores, probs=probs, outputs=out)
         return out
+
+    def quantized_scores(self, q, k, scale):
+        """``(q̂ · scale) @ k̂ᵀ`` (B', H, N, N), q̂ and k̂ through their quantizers.
+
+        k is quantized after its transpose (per tensor, the same values): the quantized kᵀ comes
+        out contiguous for the matmul, and an exported graph (mimiq_mm.deploy, which replaces
+        this method to fold ``scale`` into q's dequantization) feeds the matmul directly.
+        """
+        return (self.query_quantizer(q) * scale) @ self.key_quantizer(k.transpose(-2, -1))
+
+    @staticmethod
+    def _masked_logits(scores, bias, window_mask, inplace):
+        """``scores + bias + window mask`` (B', H, N, N), added to ``scores`` in place when
+        ``inplace`` (the raw scores are not recorded): the sum of the two masks is never built at
+        (B', H, N, N)."""
+        logits = scores
+        if bias is not None:
+            bias = bias.to(scores.dtype)
+            logits = logits.add_(bias) if inplace else logits + bias
+            inplace = True
+        if window_mask is not None:
+            if not inplace:
+                logits = logits.clone()
+            b, h, n, _ = logits.shape
+            num_windows = window_mask.shape[0]
+            logits.view(b // num_windows, num_windows, h, n, n).add_(
+                window_mask.to(scores.dtype).view(1, num_windows, 1, n, n))
+        return logits
 
     def _additive_mask(self, bias, window_mask, q):
         mask = bias

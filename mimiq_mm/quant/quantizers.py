@@ -36,24 +36,124 @@ def round_ste(x):
     return (x.round() - x).detach() + x
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity in the forward pass (the value itself, not a recomputation), gradient × ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
 def grad_scale(x, scale):
     """Identity in the forward pass, gradient multiplied by ``scale`` (LSQ's g)."""
-    return (x - x * scale).detach() + x * scale
+    return _ScaleGrad.apply(x, scale)
 
 
-def fake_quantize(x, step, offset, q_min, q_max):
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _has_offset(offset):
+    return isinstance(offset, torch.Tensor) or offset != 0
+
+
+def _quantize_levels(x, step, offset, out=None):
+    """``x / step + offset``, the unclamped, unrounded level, written into ``out`` or a new
+    contiguous tensor (so a matmul that consumes a quantized, permuted q/k/v needs no copy).
+    Computed in float32 for half-precision ``x``, where 8 mantissa bits (bf16) cannot tell level
+    130.4 from 130.6."""
+    if x.dtype in _HALF_DTYPES:
+        x = out = x.float()  # our own copy: divided in place
+    elif out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    z = torch.div(x, step, out=out)
+    return z.add_(offset) if _has_offset(offset) else z
+
+
+def _dequantize_(levels, step, offset):
+    """In place: rounded, clamped ``levels`` back to values, ``(levels - offset) * step``."""
+    if _has_offset(offset):
+        levels.sub_(offset)
+    return levels.mul_(step)
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    """Fake quantization with the straight-through estimator, in few passes over ``x``.
+
+    Forward: the same arithmetic as the no-grad path (``x / step + offset``, clamp, round,
+    ``- offset``, ``* step``), so both give identical values. Backward (Eq. 4 and LSQ/LSQ+):
+
+    * ``x``: the incoming gradient where ``x / step + offset`` lies in ``[q_min, q_max]``
+      (boundaries included), 0 where it is clipped; everywhere when ``mask_grad`` is False;
+    * ``step``: ``round(z) - z`` inside, ``clamp(z) - offset`` outside, i.e.
+      ``(out - x·inside) / step`` per element, summed;
+    * ``offset``: 0 inside, ``-step`` outside, summed.
+
+    The mask is kept as a float 1/0 tensor: on CPU, multiplying by it is several times faster
+    than ``masked_fill``/``where`` with a bool mask.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, offset, q_min, q_max, mask_grad):
+        z = _quantize_levels(x, step, offset)
+        if mask_grad:
+            levels = z.clamp(q_min, q_max)
+            # a new tensor: comparing into one of the operands takes a slow path
+            inside = torch.eq(levels, z, out=torch.empty_like(z))  # NaN: unequal, so no gradient
+            del z
+        else:
+            levels, inside = z.clamp_(q_min, q_max), None
+        out = _dequantize_(levels.round_(), step, offset)
+        want_qparams = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.save_for_backward(inside, x if want_qparams else None, out if want_qparams else None,
+                              step if want_qparams else None)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inside, x, out, step = ctx.saved_tensors
+        grad_x = grad_step = grad_offset = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            grad_x = grad if inside is None else grad * inside
+        if ctx.needs_input_grad[1]:
+            error = x * inside if inside is not None else x.float()
+            error = error.sub_(out).mul_(grad)  # (x·inside - out) · grad, in float32
+            grad_step = -error.sum_to_size(step.shape).div_(step)
+        if ctx.needs_input_grad[2] and inside is not None:
+            outside_sum = (grad - grad_x).sum()  # exact zeros inside: no cancellation in the sum
+            grad_offset = (-step * outside_sum).sum_to_size(step.shape)
+        return grad_x if ctx.needs_input_grad[0] else None, grad_step, grad_offset, None, None, None
+
+
+def fake_quantize(x, step, offset, q_min, q_max, mask_grad=True, out=None):
     """Uniform fake quantization; ``step``/``offset`` broadcast against ``x``.
 
-    The gradient w.r.t. ``x`` is 1 wherever ``x / step + offset`` lies in ``[q_min, q_max]``
-    (boundaries included) and 0 where it is clipped. Clamping happens before rounding (same
-    forward result for integer bounds): ``torch.clamp`` passes no gradient at a bound, so clamping
-    the rounded value would zero the gradient of the whole outermost bins (e.g. every weight that
-    rounds to the largest level).
+    ``out = (clamp(round(x / step + offset), q_min, q_max) - offset) * step``, computed in float32
+    for half-precision ``x`` and returned in ``x``'s dtype. The gradient w.r.t. ``x`` is 1 wherever
+    ``x / step + offset`` lies in ``[q_min, q_max]`` (boundaries included) and 0 where it is
+    clipped; ``mask_grad=False`` passes it everywhere (for ranges that clip nothing by
+    construction). ``step`` and ``offset`` get LSQ's gradients when they require them.
+
+    Without autograd (evaluation, calibration) the value is computed in one allocation and five
+    in-place passes, or written into ``out`` (a tensor of ``x``'s shape and dtype, ``x`` itself
+    included) to spare the allocation; with autograd (``out`` ignored), by :class:`_FakeQuantizeSTE`
+    (same arithmetic, same values).
+    torch's own ``fake_quantize_per_*_affine`` kernels are not used: on CPU they are several
+    times slower, they multiply by ``1 / step`` (a different rounding at near-ties) and pass
+    gradients by the rounded level (benchmarks/results/README.md, "Fake-quantize kernels").
     """
-    z = x / step + offset
-    inside = (z >= q_min) & (z <= q_max)
-    z = torch.where(inside, z, z.detach().clamp(q_min, q_max))
-    return (round_ste(z) - offset) * step
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (x, step, offset))
+    if needs_grad:
+        return _FakeQuantizeSTE.apply(x, step, offset, q_min, q_max, mask_grad)
+    levels = _dequantize_(_quantize_levels(x, step, offset, out).clamp_(q_min, q_max).round_(), step, offset)
+    if levels.dtype == x.dtype:
+        return levels
+    return levels.to(x.dtype) if out is None else out.copy_(levels)
 
 
 class _Quantizer(nn.Module):
@@ -64,6 +164,42 @@ class _Quantizer(nn.Module):
         self.bits = check_bits(bits)
         self.signed = signed
         self.enabled = True
+        self.drop_memo()
+
+    def drop_memo(self):
+        """Forget the memoised derived tensors (quantized weight, step/offset)."""
+        self.__dict__['_memo'] = (None, None)
+
+    def memo(self, tensors, compute):
+        """``compute()`` (under no_grad), reused while ``tensors`` keep their storage, version
+        counter (bumped by every in-place update: calibration, optimiser steps,
+        ``load_state_dict``), dtype, device and shape, and the bit-width stays.
+
+        For what is a pure function of those tensors; the memo holds exactly what ``compute``
+        returns. Inference tensors have no version counter: computed every time.
+        """
+        if any(t.is_inference() for t in tensors):
+            with torch.no_grad():
+                return compute()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in tensors) + (
+            self.bits, torch.is_inference_mode_enabled())
+        memo_key, value = self.__dict__['_memo']
+        if key != memo_key:
+            self.drop_memo()
+            with torch.no_grad():
+                value = compute()
+            self.__dict__['_memo'] = (key, value)
+        return value
+
+    def train(self, mode=True):
+        self.drop_memo()  # training changes the tensors at every step: hold nothing stale
+        return super().train(mode)
+
+    def __getstate__(self):
+        # deepcopy / pickling: memoised tensors are derived data
+        state = self.__dict__.copy()
+        state['_memo'] = (None, None)
+        return state
 
     @property
     def q_min(self):
@@ -91,6 +227,11 @@ class _Quantizer(nn.Module):
 class WeightQuantizer(_Quantizer):
     """Per-output-channel symmetric min-max weight quantizer (no state to calibrate).
 
+    Without autograd (evaluation, calibration, a frozen weight) the quantized weight is computed
+    once and reused until the weight changes (:meth:`memo`: keyed on the weight's storage and
+    version counter, dropped when the module switches to training mode); it is exactly what the
+    per-call computation returns. With autograd (training) the weight is quantized at every call.
+
     Args:
         bits (int): bit-width, 2 to 8.
         channel_dim (int): the output-channel dimension of the weight (0 for Linear/Conv2d).
@@ -100,16 +241,51 @@ class WeightQuantizer(_Quantizer):
         super().__init__(bits, signed=True)
         self.channel_dim = channel_dim
 
+    def step_of(self, weight):
+        """The per-channel step, shaped to broadcast against ``weight`` (e.g. (C_out, 1))."""
+        reduce_dims = [d for d in range(weight.dim()) if d != self.channel_dim]
+        max_abs = weight.detach().abs().amax(dim=reduce_dims, keepdim=True)
+        return (max_abs / self.q_max).clamp_min(1e-8)
+
+    def quantize(self, weight):
+        """The fake-quantized weight, computed now."""
+        # The symmetric range holds the largest magnitude by construction, so nothing is
+        # clipped and the straight-through gradient is the identity (a mask would zero the
+        # largest weight wherever w / step rounds to just above q_max in floating point).
+        step = self.step_of(weight).float()
+        return fake_quantize(weight, step, 0.0, self.q_min, self.q_max, mask_grad=False)
+
     def forward(self, weight):
         if not self.enabled:
             return weight
-        reduce_dims = [d for d in range(weight.dim()) if d != self.channel_dim]
-        max_abs = weight.detach().abs().amax(dim=reduce_dims, keepdim=True)
-        step = (max_abs / self.q_max).clamp_min(1e-8)
-        return fake_quantize(weight, step, 0.0, self.q_min, self.q_max)
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return self.quantize(weight)
+        return self.memo((weight,), lambda: self.quantize(weight))
+
+    def extra_repr(self):
+        return f'bits={self.bits}, channel_dim={self.channel_dim}, enabled={self.enabled}'
 
 
-class MinMaxActQuantizer(_Quantizer):
+class ActQuantizer(_Quantizer):
+    """Base of the per-tensor activation quantizers: ``forward(x, out=None)``.
+
+    ``out`` (a tensor of ``x``'s shape and dtype, possibly ``x`` itself) receives the result when
+    no autograd graph is recorded, so a caller that owns ``x`` can quantize it without a new
+    allocation; it is ignored under autograd.
+    """
+
+    def qparams_for(self, x):
+        """(step, offset) to apply to ``x``: 0-dim float32 tensors (observing/initialising first)."""
+        raise NotImplementedError
+
+    def forward(self, x, out=None):
+        if not self.enabled:
+            return x
+        step, offset = self.qparams_for(x)
+        return fake_quantize(x, step, offset, self.q_min, self.q_max, out=out)
+
+
+class MinMaxActQuantizer(ActQuantizer):
     """Per-tensor asymmetric activation quantizer with an EMA of the observed min/max.
 
     The range is updated while ``observing`` is True (calibration, and QAT when
@@ -127,8 +303,8 @@ class MinMaxActQuantizer(_Quantizer):
 
     @torch.no_grad()
     def observe(self, x):
-        x = x.detach().float()
-        lo, hi = x.min(), x.max()
+        lo, hi = torch.aminmax(x.detach())  # exact in any dtype; one pass
+        lo, hi = lo.float(), hi.float()
         if not bool(self.initialized):
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)
@@ -137,19 +313,24 @@ class MinMaxActQuantizer(_Quantizer):
             self.min_val.lerp_(lo, self.momentum)
             self.max_val.lerp_(hi, self.momentum)
 
-    def forward(self, x):
-        if not self.enabled:
-            return x
-        if self.observing or (self.training and self.update_in_training) or not bool(self.initialized):
-            self.observe(x)
+    def qparams(self):
+        """(step, offset): 0-dim float32 tensors; the range always includes zero."""
+        return self.memo((self.min_val, self.max_val), self._compute_qparams)
+
+    def _compute_qparams(self):
         lo = torch.minimum(self.min_val, torch.zeros_like(self.min_val))
         hi = torch.maximum(self.max_val, torch.zeros_like(self.max_val))
         step = ((hi - lo) / (self.q_max - self.q_min)).clamp_min(1e-8)
         offset = torch.round(self.q_min - lo / step)
-        return fake_quantize(x, step.to(x.dtype), offset.to(x.dtype), self.q_min, self.q_max)
+        return step, offset
+
+    def qparams_for(self, x):
+        if self.observing or (self.training and self.update_in_training) or not bool(self.initialized):
+            self.observe(x)
+        return self.qparams()
 
 
-class LSQActQuantizer(_Quantizer):
+class LSQActQuantizer(ActQuantizer):
     """Per-tensor activation quantizer with learnable step and offset (LSQ, LSQ+).
 
     Initialised from the first batch: the signedness from the batch minimum, the step as
@@ -182,16 +363,21 @@ class LSQActQuantizer(_Quantizer):
         self.offset.zero_()
         self.initialized.fill_(True)
 
-    def forward(self, x):
-        if not self.enabled:
-            return x
+    def qparams(self, numel=1):
+        """(step, offset) as used on an input of ``numel`` elements: the step's magnitude, the
+        offset rounded (both with LSQ's gradient scale)."""
+        scale = 1.0 / math.sqrt(numel * self.q_max)
+        step = grad_scale(self.step, scale).abs().clamp_min(1e-8)
+        offset = round_ste(grad_scale(self.offset, scale))
+        return step, offset
+
+    def qparams_for(self, x):
         if not bool(self.initialized):
             self.initialize(x)
-        scale = 1.0 / math.sqrt(x.numel() * self.q_max)
-        step = grad_scale(self.step, scale).abs().clamp_min(1e-8)
-        offset = grad_scale(self.offset, scale)
-        offset = round_ste(offset)
-        return fake_quantize(x, step.to(x.dtype), offset.to(x.dtype), self.q_min, self.q_max)
+        if torch.is_grad_enabled() and (self.step.requires_grad or self.offset.requires_grad):
+            return self.qparams(x.numel())
+        # no graph: the gradient scale is irrelevant and the values are those of qparams()
+        return self.memo((self.step, self.offset, self.signed_flag), self.qparams)
 
     def extra_repr(self):
         return f'bits={self.bits}, learn_offset={self.learn_offset}, enabled={self.enabled}'

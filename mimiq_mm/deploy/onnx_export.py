@@ -1,0 +1,149 @@
+"""Writing the fake-quantized student as an ONNX model in Q/DQ form.
+
+:func:`export_onnx` runs torch's ONNX exporter (``dynamo=True``) on the model in
+:func:`~.qdq.qdq_export_mode`, with a dynamic batch dimension, then stores weight codes of 4
+bits or fewer as INT4 initializers where the opset allows (21 and later), so a W4 model is an
+eighth of its float size. What is exported depends on the task (:class:`ExportWrapper`).
+"""
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .qdq import DeployError, check_exportable, qdq_export_mode
+
+#: opsets the exporter writes and ONNX Runtime runs; INT4 initializers need 21
+MIN_OPSET, INT4_OPSET, MAX_OPSET = 17, 21, 23
+DEFAULT_OPSET = 21
+DEPLOY_EXTRA = 'pip install -e .[deploy]'
+
+
+def require_deploy_packages(runtime=True):
+    """Import onnx (and onnxruntime), or fail with the install command."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (torch's ONNX exporter)
+        if runtime:
+            import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f'ONNX export and checks need onnx, onnxscript and onnxruntime ({err}); install them with '
+                          f'`{DEPLOY_EXTRA}`') from err
+
+
+def check_opset(opset):
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise DeployError(f'opset {opset!r} is not supported; choose an opset from {MIN_OPSET} to {MAX_OPSET} '
+                          f'({INT4_OPSET}+ stores weights of 4 bits or fewer as INT4)')
+    return opset
+
+
+class ExportWrapper(nn.Module):
+    """The exported function of a task model: images (B, 3, H, W), normalised, to
+
+    * classification (mmpretrain ImageClassifier / TimmClassifier, plain timm models): logits (B, C);
+    * segmentation (mmseg EncoderDecoder, e.g. UPerNet): decode-head logits (B, C, H/4, W/4),
+      before the resize to the input size;
+    * detection (mmdet two-stage detectors, e.g. Mask R-CNN): backbone + neck features, one map per
+      FPN level; proposals, RoI heads and post-processing stay in PyTorch.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from ..models.tasks import build_task
+        self.model = model
+        self.task = build_task(model).name
+
+    def forward(self, images):
+        m = self.model
+        if self.task == 'detection':
+            return tuple(m.extract_feat(images))
+        if self.task == 'segmentation':
+            return m(images, mode='tensor')
+        out = m(images, mode='tensor') if hasattr(m, 'data_preprocessor') else m(images)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def output_names(self, outputs):
+        if isinstance(outputs, (tuple, list)):
+            return [f'features_{i}' for i in range(len(outputs))]
+        return ['seg_logits' if self.task == 'segmentation' else 'logits']
+
+
+def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 224), batch: int = 1,
+                opset: int = DEFAULT_OPSET, int4_weights: Optional[bool] = None, dynamic_batch: bool = True):
+    """Export the fake-quantized ``model`` (eval mode, CPU) to ``path`` in Q/DQ form.
+
+    Args:
+        input_size: (H, W) of the images.
+        batch: batch of the example input (the exported batch dimension is dynamic unless
+            ``dynamic_batch`` is False).
+        opset: ONNX opset, 17 to 23.
+        int4_weights: store weight codes of 4 bits or fewer as INT4 (default: when the opset
+            allows). False keeps them in int8 (twice the size, but ONNX Runtime's integer matmul
+            kernels take int8 weights; INT4 weights are dequantized at run time).
+
+    Returns:
+        dict: what was written (path, opset, size in bytes, INT4 initializers, output names).
+    """
+    require_deploy_packages(runtime=False)
+    check_opset(opset)
+    if int4_weights and opset < INT4_OPSET:
+        raise DeployError(f'INT4 weights need opset {INT4_OPSET} or later (got {opset})')
+    int4_weights = opset >= INT4_OPSET if int4_weights is None else int4_weights
+    check_exportable(model)
+    model = model.eval()
+    wrapper = ExportWrapper(model).eval()
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    example = torch.randn(batch, 3, h, w)
+    with torch.no_grad(), qdq_export_mode(model):
+        names = wrapper.output_names(wrapper(example))
+        dynamic = ({0: torch.export.Dim('batch', min=1, max=4096)},) if dynamic_batch else None
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=opset, dynamic_shapes=dynamic,
+                                    input_names=['images'], output_names=names, verbose=False)
+    proto = program.model_proto
+    packed = pack_int4_weights(proto) if int4_weights else 0
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    import onnx
+    onnx.save(proto, path)
+    return dict(path=path, opset=opset, bytes=osp.getsize(path), int4_initializers=packed, outputs=names,
+                input_size=[h, w], dynamic_batch=dynamic_batch)
+
+
+def pack_int4_weights(proto) -> int:
+    """Store every int8 weight initializer read by a DequantizeLinear whose codes lie in -8..7
+    (weights quantized to 4 bits or fewer) as INT4, its zero point too; returns how many."""
+    import onnx
+    from onnx import numpy_helper
+    inits = {t.name: t for t in proto.graph.initializer}
+    packed = 0
+    for node in proto.graph.node:
+        if node.op_type != 'DequantizeLinear' or node.input[0] not in inits:
+            continue
+        codes = inits[node.input[0]]
+        if codes.data_type != onnx.TensorProto.INT8:
+            continue
+        values = numpy_helper.to_array(codes)
+        if values.size == 0 or values.min() < -8 or values.max() > 7:
+            continue
+        codes.CopyFrom(_int4_tensor(codes.name, values))
+        if len(node.input) > 2 and node.input[2]:
+            # a zero point of its own: the exporter may share one constant between many nodes
+            zero = numpy_helper.to_array(inits[node.input[2]])
+            name = f'{codes.name}_zero_point_int4'
+            proto.graph.initializer.append(_int4_tensor(name, zero))
+            node.input[2] = name
+        packed += 1
+    used = {name for node in proto.graph.node for name in node.input}
+    unused = [t for t in proto.graph.initializer if t.name not in used]
+    for tensor in unused:  # the int8 zero points the INT4 ones replaced
+        proto.graph.initializer.remove(tensor)
+    return packed
+
+
+def _int4_tensor(name, array):
+    """An INT4 initializer, two values per byte (raw data)."""
+    import ml_dtypes
+    from onnx import numpy_helper
+    return numpy_helper.from_array(np.asarray(array).astype(np.int8).astype(ml_dtypes.int4), name)
