@@ -19,32 +19,30 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import mimiq_mm  # noqa: E402,F401
 
 
-def parse_args():
+def parse_args(argv=None):
+    from mmengine.config import DictAction
     parser = argparse.ArgumentParser(description='Make a MimiQ synthetic set from a config')
     parser.add_argument('config')
     parser.add_argument('--out-dir', help='where the set is written (default: <work_dir>/synthetic_<method>)')
     parser.add_argument('--method', choices=['mimiq', 'base', 'psaq', 'noise'], help='override the method')
     parser.add_argument('--num-images', type=int, help='override the number of images')
     parser.add_argument('--work-dir')
-    parser.add_argument('--cfg-options', nargs='+', default=[], help='key=value overrides, as in tools/train.py')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='override config settings, e.g. key=value or key="[a,b]" (as in tools/train.py)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
 
-def main():
-    from mmengine.config import Config, DictAction
-    from mmengine.runner import Runner
-    args = parse_args()
+def main(argv=None):
+    from mmengine.config import Config
+    args = parse_args(argv)
     if not osp.isfile(args.config):
         sys.exit(f'config file {args.config!r} not found')
     cfg = Config.fromfile(args.config)
-    overrides = {}
-    for item in args.cfg_options:
-        key, _, value = item.partition('=')
-        overrides[key] = DictAction._parse_iterable(value)
+    overrides = dict(args.cfg_options)
     if args.out_dir:
         overrides['train_cfg.synthesis.out_dir'] = args.out_dir
     if args.method:
@@ -54,20 +52,24 @@ def main():
     cfg.merge_from_dict(overrides)
     if cfg.get('train_cfg', {}).get('type') not in ('mimiq_mm.DataFreeQATLoop', 'DataFreeQATLoop'):
         sys.exit('this config has no mimiq_mm.DataFreeQATLoop train_cfg; use a config from configs/')
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join('./work_dirs', osp.splitext(
+    work_dir = args.work_dir or cfg.get('work_dir') or osp.join('./work_dirs', osp.splitext(
         osp.basename(args.config))[0])
-    if args.launcher != 'none':
-        import torch
-        if not torch.cuda.is_available():
-            cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    import torch
+    from mmengine.dist import get_dist_info, init_dist
+    from mimiq_mm.apis import init_model
+    from mimiq_mm.synthesis import build_synthesizer, open_synthetic_set, prepare_synthetic_set, synthetic_root
+    if args.launcher != 'none':  # ranks split the batches; gloo without CUDA
+        init_dist(args.launcher, backend='nccl' if torch.cuda.is_available() else 'gloo')
+    device = f'cuda:{get_dist_info()[0] % torch.cuda.device_count()}' if torch.cuda.is_available() else 'cpu'
     from train import user_errors_reported  # tools/train.py: bad input ends with its message
     with user_errors_reported():
-        runner = Runner.from_cfg(cfg)
-        runner._init_model_weights()  # loads the teacher checkpoint
-        loop = runner.train_loop
-        dataset = loop.prepare_synthetic_set()
-    print(f'synthetic set ready: {len(dataset)} images in {loop.synthetic_root()}')
+        distiller = init_model(cfg, device=device)  # the teacher from model.teacher_checkpoint
+        synthesis = cfg.train_cfg.synthesis
+        synthesizer = build_synthesizer(synthesis, distiller)
+        synthetic_set = open_synthetic_set(synthetic_root(synthesis, work_dir, synthesizer.method), synthesizer,
+                                           synthesis, distiller.teacher_checkpoint)
+        prepare_synthetic_set(synthesizer, synthetic_set)
+    print(f'synthetic set ready: {synthetic_set.num_images} images in {synthetic_set.root}')
 
 
 if __name__ == '__main__':

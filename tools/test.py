@@ -16,7 +16,8 @@ import sys
 # script runs; inserted explicitly for other ways of running it).
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from train import (add_common_arguments, build_runner, exit_with_error, is_remote,  # noqa: E402
-                   load_config, prepare_distributed_without_cuda, require_file, set_work_dir)
+                   load_config, prepare_distributed_without_cuda, require_file, set_work_dir,
+                   user_errors_reported)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,11 +68,14 @@ def main(argv=None) -> None:
     if args.show_dir is not None:
         _enable_visualization(cfg, args.show_dir)
     prepare_distributed_without_cuda(cfg)
-    runner = build_runner(cfg)
-    if args.out is not None:
-        from mmengine.evaluator import DumpResults
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    runner.test()
+    from mimiq_mm.engine.evaluation_data import require_evaluation_data
+    with user_errors_reported():
+        require_evaluation_data(cfg, 'test')  # unlike training, testing cannot do without the data
+        runner = build_runner(cfg)
+        if args.out is not None:
+            from mmengine.evaluator import DumpResults
+            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+        runner.test()
 
 
 if __name__ == '__main__':

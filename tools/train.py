@@ -149,6 +149,7 @@ def apply_resume(cfg, resume) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config, args.cfg_options)
+    from mimiq_mm.engine.evaluation_data import skip_validation_without_data
     cfg.launcher = args.launcher
     set_work_dir(cfg, args.config, args.work_dir)
     if args.amp:
@@ -156,22 +157,27 @@ def main(argv=None) -> None:
     apply_resume(cfg, args.resume)
     prepare_distributed_without_cuda(cfg)
     with user_errors_reported():
+        # A data-free run needs no dataset: without the validation data, validation is skipped.
+        skip_validation_without_data(cfg)
         runner = build_runner(cfg)
         runner.train()
 
 
 @contextlib.contextmanager
 def user_errors_reported():
-    """Bad input (unknown backbone or method, impossible bit-width, missing or incompatible
-    checkpoint, unusable image size, empty dataset folder) ends with its message, which names the
-    fix, instead of a long traceback. MIMIQ_DEBUG=1 shows the traceback."""
+    """Bad input (unknown backbone or method, impossible bit-width, missing, damaged, unsafe,
+    unreachable or incompatible checkpoint, unusable image size, missing or broken evaluation
+    data) ends with its message, which names the fix, instead of a long traceback.
+    MIMIQ_DEBUG=1 shows the traceback."""
     from mimiq_mm.attention import UnsupportedBackboneError
+    from mimiq_mm.utils import CheckpointDownloadError, UnsafeCheckpointError
     try:
         yield
-    except (ValueError, FileNotFoundError, UnsupportedBackboneError) as err:
+    except (ValueError, FileNotFoundError, UnsupportedBackboneError, CheckpointDownloadError,
+            UnsafeCheckpointError) as err:
         if os.environ.get('MIMIQ_DEBUG') or not str(err):
             raise
-        exit_with_error(f'{err}\n(set MIMIQ_DEBUG=1 to see the traceback)')
+        exit_with_error(f'{err} (MIMIQ_DEBUG=1 shows the traceback)')
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ val_cfg = dict()
 test_cfg = dict()
 train_cfg.update(
     synthesis=dict(train_cfg['synthesis'], num_images=384, batch_size=64, steps=150, image_size=16, log_interval=50),
-    batch_size=32, max_iters=300, calibration_batches=4, num_workers=0, val_interval=300)
+    batch_size=32, max_iters=300, calibration_batches=4, val_interval=300)
 param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=False, T_max=300, eta_min=1e-5)]
 optim_wrapper['optimizer']['lr'] = 5e-3
 default_hooks = dict(default_hooks, checkpoint=dict(default_hooks['checkpoint'], interval=300),
