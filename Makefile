@@ -11,8 +11,9 @@ env:
 test: env
 	$(PY) -m pytest tests -q
 
+# Progress per stage on the console, full logs under work_dirs/demo/ (e.g. DEMO_ARGS="--seed 1").
 demo: env
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 # Syntax check only (no linter is part of the pinned stack).
 lint: env

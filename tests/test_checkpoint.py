@@ -1,7 +1,12 @@
-"""Safe checkpoint loading: mmengine checkpoints load, arbitrary objects need an explicit opt-in."""
+"""Safe checkpoint loading: mmengine checkpoints load, arbitrary objects need an explicit opt-in,
+damaged files are reported as damaged, and unreachable URLs fail in one line. No test reaches the
+network: URLs point at loopback servers of the tests or at a mocked opener."""
 import functools
 import http.server
+import os
+import socket
 import threading
+import urllib.error
 
 import numpy as np
 import pytest
@@ -10,7 +15,8 @@ import torch.nn as nn
 from mmengine.logging import HistoryBuffer
 from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint, save_checkpoint
 
-from mimiq_mm.utils import (TRUST_ENV_VAR, UnsafeCheckpointError, load_checkpoint_file,
+from mimiq_mm.utils import (TRUST_ENV_VAR, CheckpointDownloadError, CorruptCheckpointError,
+                            UnsafeCheckpointError, load_checkpoint_file, load_checkpoint_url,
                             patch_mmengine_checkpoint_loading)
 
 
@@ -19,6 +25,13 @@ class ArbitraryObject:
 
     def __init__(self, payload):
         self.payload = payload
+
+
+class RunsCode:
+    """Unpickles as a call of ``os.system``: what a malicious checkpoint carries."""
+
+    def __reduce__(self):
+        return os.system, ('echo this must never run',)
 
 
 class HistoryBufferAttributeSmuggler:
@@ -208,3 +221,168 @@ def test_runner_resume_reads_its_own_checkpoint(tmp_path):
     assert len(resumed.message_hub.get_scalar('train/loss').data[0]) == 2  # restored log history
     resumed.train()
     assert resumed.epoch == 2
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def _saved_checkpoint(path, legacy=False):
+    torch.save({'state_dict': nn.Linear(64, 64).state_dict(), 'meta': {'epoch': np.int64(3)}}, path,
+               _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+def _damaged_files(tmp_path):
+    return {
+        'random bytes': _write(tmp_path / 'random.pth', np.random.default_rng(0).bytes(4096)),
+        'empty': _write(tmp_path / 'empty.pth', b''),
+        'truncated': _truncate(_saved_checkpoint(tmp_path / 'truncated.pth')),
+        'truncated legacy format': _truncate(_saved_checkpoint(tmp_path / 'legacy.pth', legacy=True), 0.2),
+        'plain text': _write(tmp_path / 'notes.pth', b'this is a README, not a checkpoint\n' * 20),
+    }
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _assert_reported_as_damaged(error, path):
+    message = str(error)
+    assert str(path) in message and 'damaged' in message, message
+    assert TRUST_ENV_VAR not in message and 'trusted' not in message, 'a broken file must not suggest unpickling'
+    assert '\n' not in message
+
+
+@pytest.mark.parametrize('kind', ['random bytes', 'empty', 'truncated', 'truncated legacy format', 'plain text'])
+def test_damaged_file_is_reported_as_damaged_on_every_path(tmp_path, kind, monkeypatch):
+    path = _damaged_files(tmp_path)[kind]
+    with pytest.raises(CorruptCheckpointError) as direct:
+        load_checkpoint_file(path)
+    _assert_reported_as_damaged(direct.value, path)
+    with pytest.raises(CorruptCheckpointError) as via_mmengine:  # load_from, resume, init_cfg
+        _load_checkpoint(str(path), map_location='cpu')
+    _assert_reported_as_damaged(via_mmengine.value, path)
+    with pytest.raises(CorruptCheckpointError):
+        load_checkpoint_file(path, trusted=True)
+    monkeypatch.setenv(TRUST_ENV_VAR, '1')
+    with pytest.raises(CorruptCheckpointError):
+        _load_checkpoint(str(path), map_location='cpu')
+
+
+def test_pickle_with_code_is_refused_with_the_allowlist_message(tmp_path):
+    path = tmp_path / 'malicious.pth'
+    torch.save({'state_dict': {}, 'meta': RunsCode()}, path)
+    for load in (load_checkpoint_file, functools.partial(_load_checkpoint, map_location='cpu')):
+        with pytest.raises(UnsafeCheckpointError) as refused:
+            load(str(path))
+        message = str(refused.value)
+        assert 'allowlist' in message and 'system' in message, message
+        assert not isinstance(refused.value, CorruptCheckpointError)
+
+
+# ---------------------------------------------------------------- URLs
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """torch.hub's checkpoint cache, under tmp_path."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    return tmp_path / 'torch_home' / 'hub' / 'checkpoints'
+
+
+def _cache_files(cache):
+    return sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+
+
+def _unused_loopback_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]  # closed again: nothing listens there
+
+
+def _assert_one_line_download_error(error, url):
+    message = str(error)
+    assert '\n' not in message
+    assert f'cannot download checkpoint {url}' in message
+    assert 'Pass a local file instead' in message and '--cfg-options' in message, message
+
+
+def test_unreachable_url_fails_in_one_line_naming_url_reason_and_way_out(hub_cache):
+    url = f'http://127.0.0.1:{_unused_loopback_port()}/deit-small.pth'
+    with pytest.raises(CheckpointDownloadError) as direct:
+        load_checkpoint_url(url)
+    _assert_one_line_download_error(direct.value, url)
+    assert 'refused' in str(direct.value).lower()
+    assert str(hub_cache / 'deit-small.pth') in str(direct.value)  # the offline way in
+    with pytest.raises(CheckpointDownloadError):  # mmengine's loader (teacher URL, load_from, init_cfg)
+        _load_checkpoint(url)
+    assert _cache_files(hub_cache) == []
+
+
+def test_http_error_and_proxy_failure_name_their_reason(http_checkpoint_dir, hub_cache, monkeypatch):
+    _, base_url = http_checkpoint_dir
+    with pytest.raises(CheckpointDownloadError) as not_found:
+        load_checkpoint_url(f'{base_url}/absent.pth')
+    _assert_one_line_download_error(not_found.value, f'{base_url}/absent.pth')
+    assert 'HTTP 404' in str(not_found.value)
+
+    def proxy_refuses(*args, **kwargs):
+        raise urllib.error.URLError('Tunnel connection failed: 407 Proxy Authentication Required')
+
+    monkeypatch.setattr(torch.hub, 'urlopen', proxy_refuses)
+    url = 'https://download.example.org/ckpt/deit-small.pth'
+    with pytest.raises(CheckpointDownloadError) as proxied:
+        load_checkpoint_url(url)
+    _assert_one_line_download_error(proxied.value, url)
+    assert '407 Proxy Authentication Required' in str(proxied.value)
+    assert _cache_files(hub_cache) == []
+
+
+class _CutShortHandler(http.server.BaseHTTPRequestHandler):
+    """Announces the whole file, sends half of it and hangs up: an interrupted download."""
+    payload = b''
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload[:len(self.payload) // 2])
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_interrupted_download_never_enters_the_cache(tmp_path, hub_cache):
+    complete = _saved_checkpoint(tmp_path / 'complete.pth')
+    handler = type('Handler', (_CutShortHandler,), {'payload': complete.read_bytes()})
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f'http://127.0.0.1:{server.server_address[1]}/teacher.pth'
+    try:
+        for _ in range(2):  # a retry downloads again instead of loading a broken cached copy
+            with pytest.raises(CheckpointDownloadError) as cut:
+                load_checkpoint_url(url)
+            _assert_one_line_download_error(cut.value, url)
+            assert 'incomplete or damaged' in str(cut.value)
+            assert _cache_files(hub_cache) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_damaged_cached_copy_is_downloaded_again(http_checkpoint_dir, hub_cache):
+    served, base_url = http_checkpoint_dir
+    _saved_checkpoint(served / 'teacher.pth')
+    hub_cache.mkdir(parents=True)
+    _truncate(_saved_checkpoint(hub_cache / 'teacher.pth'))  # left by an older tool, say
+    assert load_checkpoint_url(f'{base_url}/teacher.pth')['meta']['epoch'] == 3
+    assert _cache_files(hub_cache) == ['teacher.pth']
+    assert (hub_cache / 'teacher.pth').read_bytes() == (served / 'teacher.pth').read_bytes()

@@ -72,7 +72,7 @@ TINY_TASK = dict(detection=dict(num_rois=32, num_mask_rois=8, prior_rois=4))
 
 TINY_LOOP = dict(
     synthesis=dict(num_images=4, batch_size=2, steps=2, image_size=(SIZE, SIZE), log_interval=1),
-    batch_size=2, max_iters=2, calibration_batches=1, num_workers=0, val_interval=2)
+    batch_size=2, max_iters=2, calibration_batches=1, val_interval=2)
 
 DET_DATA = '''
 test_pipeline = [
@@ -374,7 +374,7 @@ def test_head_prior_synthesis(tmp_path, base, arch, task):
 def test_classifier_prior(tmp_path):
     """The other prior: an ImageNet-style classifier (here a tiny mmpretrain Swin) gives L_CL at its own
     input size; the segmentor then runs only its backbone, for L_IHC."""
-    from mimiq_mm.models.dense import ClassifierPrior, build_synthesis_prior
+    from mimiq_mm.synthesis import ClassifierPrior, build_prior
     from mimiq_mm.synthesis import ImageSynthesizer
     model = build_distiller(_tiny_cfg_file(tmp_path, UPERNET_SWIN_CFG, TINY_UPERNET_SWIN),
                             **{'model.allow_random_teacher': True, 'model.teacher_checkpoint': None})
@@ -389,10 +389,10 @@ def test_classifier_prior(tmp_path):
     torch.save(dict(state_dict=built.state_dict()), ckpt)
     pre = model.data_preprocessor
     mean, std = pre.pixel_mean.flatten().tolist(), pre.pixel_std.flatten().tolist()
-    assert build_synthesis_prior(None, mean, std) is None and build_synthesis_prior({'type': 'head'}, mean, std) is None
+    assert build_prior(None, mean, std) is None and build_prior({'type': 'head'}, mean, std) is None
     with pytest.raises(ValueError):
-        build_synthesis_prior(dict(type='nope'), mean, std)
-    prior = build_synthesis_prior(dict(type='classifier', model=classifier, checkpoint=ckpt, image_size=32), mean, std)
+        build_prior(dict(type='nope'), mean, std)
+    prior = build_prior(dict(type='classifier', model=classifier, checkpoint=ckpt, image_size=32), mean, std)
     assert isinstance(prior, ClassifierPrior) and prior.num_classes() == 7
     assert torch.equal(prior.model.head.fc.weight, built.head.fc.weight)  # the checkpoint was loaded
     calls = []
@@ -409,7 +409,7 @@ def test_classifier_prior(tmp_path):
 
 def test_build_task_options_and_unsupported_detector():
     import torch.nn as nn
-    from mimiq_mm.models.dense import DetectorTask, SegmentorTask
+    from mimiq_mm.models.tasks import DetectorTask, SegmentorTask
     from mimiq_mm.models.tasks import build_task
     task = build_task(nn.Identity(), dict(type='detection', num_rois=7, loss_weights=dict(mask=0.0)))
     assert isinstance(task, DetectorTask) and task.num_rois == 7 and task.loss_weights['mask'] == 0.0

@@ -9,7 +9,7 @@ import torch
 
 import mimiq_mm  # noqa: F401
 from mimiq_mm.models.tasks import ClassifierTask
-from mimiq_mm.synthesis import ImageSynthesizer, SyntheticSet, synthesize_set
+from mimiq_mm.synthesis import ImageSynthesizer, SyntheticSet, load_manifest, synthesize_set
 from mimiq_mm.datasets import SyntheticImageDataset
 
 MEAN, STD = [127.5] * 3, [127.5] * 3
@@ -54,8 +54,11 @@ def test_same_seed_same_images():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_non_finite_batch_is_redrawn(caplog):
-    synth = synthesizer('base', steps=2)
+@pytest.mark.parametrize('check_interval,failed_steps', [(1, 1), (50, 3)])
+def test_non_finite_batch_is_redrawn(check_interval, failed_steps):
+    """A batch whose loss turns NaN is found at the next finiteness check (every
+    ``check_interval`` steps, and after the last) and made again from a derived seed."""
+    synth = synthesizer('base', steps=3, check_interval=check_interval)
     calls = {'n': 0}
     original = synth.loss_terms
 
@@ -69,7 +72,7 @@ def test_non_finite_batch_is_redrawn(caplog):
     synth.loss_terms = flaky
     images, _ = synth.synthesize(torch.tensor([0, 1]), seed=0)
     assert torch.isfinite(images).all()
-    assert calls['n'] == 1 + 2  # one failed step, then a full redraw
+    assert calls['n'] == failed_steps + 3  # the failed attempt up to its check, then a full redraw
 
 
 def settings(**over):
@@ -103,7 +106,8 @@ def test_interrupted_synthesis_resumes_where_it_stopped(tmp_path):
     made = []
     original_resumed = resumed.synthesize
     resumed.synthesize = lambda *a, **k: made.append(1) or original_resumed(*a, **k)
-    manifest = synthesize_set(resumed, SyntheticSet(root, settings()), num_classes=4)
+    assert synthesize_set(resumed, SyntheticSet(root, settings()), num_classes=4)
+    manifest = load_manifest(root)
     assert len(made) == 2, 'only the two unfinished batches are made again'
     assert os.path.getmtime(first_file) == mtime
     assert manifest['num_images'] == 10
@@ -115,6 +119,19 @@ def test_interrupted_synthesis_resumes_where_it_stopped(tmp_path):
         saved = json.load(f)
     assert saved['settings']['method'] == 'mimiq' and 'losses' in saved['batches']['0']
     assert sorted(saved['batches']) == ['0', '1', '2']
+
+
+def test_stop_callback_leaves_a_resumable_set(tmp_path):
+    """A time budget (``should_stop``) ends the work between batches; the set is not merged and
+    the next call makes only what is missing."""
+    root = str(tmp_path / 'set')
+    asked = []
+    complete = synthesize_set(synthesizer('base'), SyntheticSet(root, settings(method='base')), num_classes=4,
+                              should_stop=lambda: asked.append(1) or len(asked) > 1)
+    assert not complete and not os.path.isfile(os.path.join(root, 'manifest.json'))
+    assert len(SyntheticSet(root, settings(method='base')).finished_batches()) == 1
+    assert synthesize_set(synthesizer('base'), SyntheticSet(root, settings(method='base')), num_classes=4)
+    assert load_manifest(root)['num_images'] == 10
 
 
 def test_labels_cover_the_classes_evenly(tmp_path):
@@ -133,3 +150,19 @@ def test_a_set_made_with_other_settings_is_refused(tmp_path):
 def test_reading_an_unfinished_set_says_how_to_finish_it(tmp_path):
     with pytest.raises(FileNotFoundError, match='tools/synthesize.py'):
         SyntheticImageDataset(str(tmp_path))
+
+
+def test_augment_none_switches_augmentation_off():
+    """augment=None: the teacher sees the images as they are (the same loss whatever the random
+    generators); the default augments (jitter, flip, colour, noise)."""
+    images = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([0, 1])
+    plain = synthesizer('base', augment=None)
+    assert plain.augment is None
+    a = plain.loss_terms(images, targets, torch.Generator().manual_seed(0))
+    b = plain.loss_terms(images, targets, torch.Generator().manual_seed(1))
+    assert torch.equal(a['cl'], b['cl'])
+    augmented = synthesizer('base')
+    c = augmented.loss_terms(images, targets, torch.Generator().manual_seed(0))
+    d = augmented.loss_terms(images, targets, torch.Generator().manual_seed(1))
+    assert not torch.equal(c['cl'], d['cl'])

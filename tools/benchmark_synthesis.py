@@ -22,6 +22,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
+    from mmengine.config import DictAction
     from mimiq_mm.benchmark import STEP_KINDS
     p = argparse.ArgumentParser(description='Benchmark MimiQ synthesis and QAT steps')
     p.add_argument('config', nargs='?', help='a mimiq_mm config (alternative to --timm-model)')
@@ -30,7 +31,8 @@ def parse_args(argv=None):
     p.add_argument('--num-classes', type=int, default=1000, help='classes of a --timm-model')
     p.add_argument('--timm-kwargs', type=json.loads, default=None,
                    help='JSON of extra timm.create_model options, e.g. \'{"depth": 2, "embed_dim": 64}\'')
-    p.add_argument('--cfg-options', nargs='+', default=[], help='key=value overrides of the config')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                   help='override config settings, e.g. key=value or key="[a,b]" (as in tools/train.py)')
     p.add_argument('--batch', type=int, default=128)
     p.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     p.add_argument('--device', default=None, help="'cpu' or 'cuda' (default: cuda when available)")
@@ -64,7 +66,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     import torch
-    from mmengine.config import DictAction
     from mimiq_mm.benchmark import (default_out_path, format_table, run_benchmark, setup_from_config,
                                     setup_from_timm, write_result)
     args = parse_args(argv)
@@ -81,11 +82,7 @@ def main(argv=None):
         setup = setup_from_timm(args.timm_model, img_size=args.img_size or 224, num_classes=args.num_classes,
                                 timm_kwargs=args.timm_kwargs, w_bits=args.w_bits or 4, a_bits=args.a_bits or 4)
     else:
-        options = {}
-        for item in args.cfg_options:
-            key, _, value = item.partition('=')
-            options[key] = DictAction._parse_iterable(value)
-        setup = setup_from_config(args.config, options, img_size=args.img_size, w_bits=args.w_bits,
+        setup = setup_from_config(args.config, args.cfg_options, img_size=args.img_size, w_bits=args.w_bits,
                                   a_bits=args.a_bits)
     command = ['python', 'tools/benchmark_synthesis.py'] + list(sys.argv[1:] if argv is None else argv)
     print(f'benchmarking {setup.name} on {device}, batch {args.batch}, {args.precision}, '

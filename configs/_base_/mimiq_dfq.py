@@ -6,6 +6,15 @@
 # See configs/deit/deit-s_mimiq_w4a4.py.
 custom_imports = dict(imports=['mimiq_mm'], allow_failed_imports=False)
 
+# The distiller around a base config's model: model = dict(_delete_=True, **_base_.mimiq_model,
+# architecture=_base_.model, ...). L_T = KL + gamma * L_HAD (paper Table 3 sweeps gamma 1, 10, 100).
+mimiq_model = dict(
+    type='mimiq_mm.QuantDistiller',
+    teacher_checkpoint=None,
+    quant=dict(w_bits=4, a_bits=4, act_method='minmax'),  # paper reports the better of minmax and lsq
+    kd=dict(temperature=1.0, loss_weight=1.0),
+    had=dict(metric='dssim', loss_weight=10.0))
+
 num_synthetic = 10000  # paper: 10K images
 ft_batch = 16          # paper: batch 16 (per GPU)
 iters_per_epoch = num_synthetic // ft_batch

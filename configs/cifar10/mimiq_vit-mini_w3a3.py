@@ -21,7 +21,7 @@ train_cfg = dict(_delete_=True, **_base_.mimiq_train_cfg)
 train_cfg.update(
     synthesis=dict(train_cfg['synthesis'], num_images=1024, batch_size=128, steps=200, image_size=32,
                    log_interval=50),
-    batch_size=128, max_iters=400, calibration_batches=4, num_workers=0, val_interval=10 ** 9)
+    batch_size=128, max_iters=400, calibration_batches=4, val_interval=10 ** 9)
 optim_wrapper = dict(_delete_=True, type='OptimWrapper',
                      optimizer=dict(type='SGD', lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.0))
 param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=400, T_max=400, eta_min=1e-4)]

@@ -11,9 +11,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmengine.utils import to_2tuple
 from PIL import Image
 
-from ..datasets.synthetic import SyntheticImageDataset
 from ..synthesis.store import load_manifest
 from .errors import AnalysisInputError
 
@@ -58,13 +58,19 @@ class ImageBatch:
         return str(label)
 
 
-def _size2(size) -> Tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+def size_hw(size) -> Optional[Tuple[int, int]]:
+    """An image size as (h, w): from an int, a (h, w) pair or a one-element list (``--input-size 32``);
+    None stays None."""
+    if size is None:
+        return None
+    size = to_2tuple(size.item() if isinstance(size, np.integer) else size)
+    size = list(size) * 2 if len(size) == 1 else list(size)[-2:]
+    return int(size[0]), int(size[1])
 
 
 def resize_center_crop(image: Image.Image, size) -> Image.Image:
     """Resize so the image covers ``size`` = (h, w), then crop the centre (keeps the aspect)."""
-    out_h, out_w = _size2(size)
+    out_h, out_w = size_hw(size)
     if image.size == (out_w, out_h):
         return image
     scale = max(out_h / image.height, out_w / image.width)
@@ -164,7 +170,7 @@ def load_image_folder(root, size, max_images=None, name=None) -> ImageBatch:
 def synthetic_image_size(root):
     """The (h, w) a synthetic set was made at (from its manifest), or None."""
     size = load_manifest(root).get('settings', {}).get('image_size')
-    return _size2(size) if size else None
+    return size_hw(size) if size else None
 
 
 def load_synthetic_set(root, size=None, max_images=None, name=None, indices=None) -> ImageBatch:
@@ -174,25 +180,25 @@ def load_synthetic_set(root, size=None, max_images=None, name=None, indices=None
     that makes a set) when ``root`` has no ``manifest.json``. ``indices`` picks images by position
     in the manifest instead of the first ``max_images``.
     """
-    try:
-        dataset = SyntheticImageDataset(root)
-    except ValueError as err:  # an empty set
-        raise AnalysisInputError(f'{err}; make the set again with tools/synthesize.py') from err
+    manifest = load_manifest(root)
+    images = manifest['images']
+    if not images:
+        raise AnalysisInputError(f'the synthetic set in {root} is empty; make it again with tools/synthesize.py')
     if indices is None:
-        indices = range(len(dataset) if max_images is None else min(len(dataset), max_images))
-    bad = [i for i in indices if not 0 <= i < len(dataset)]
+        indices = range(len(images) if max_images is None else min(len(images), max_images))
+    bad = [i for i in indices if not 0 <= i < len(images)]
     if bad:
-        raise AnalysisInputError(f'image indices {bad[:5]} are outside the {len(dataset)} images of {root}')
+        raise AnalysisInputError(f'image indices {bad[:5]} are outside the {len(images)} images of {root}')
     pixels, labels, files = [], [], []
     for index in indices:
-        item = dataset[index]
-        image = item['pixels']
-        if size is not None and tuple(image.shape[-2:]) != _size2(size):
-            image = pil_to_pixels(resize_center_crop(Image.fromarray(image.permute(1, 2, 0).numpy()), size))
-        pixels.append(image)
-        labels.append(int(item['label']))
-        files.append(dataset.images[index]['file'])
-    settings = dataset.manifest.get('settings', {})
+        with Image.open(os.path.join(root, images[index]['file'])) as img:
+            img = img.convert('RGB')
+            if size is not None and img.size[::-1] != size_hw(size):
+                img = resize_center_crop(img, size)
+            pixels.append(pil_to_pixels(img))
+        labels.append(int(images[index]['label']))
+        files.append(images[index]['file'])
+    settings = manifest.get('settings', {})
     method = settings.get('method', 'synthetic')
     return ImageBatch(name=name or f'{method} ({os.path.basename(os.path.normpath(root))})', kind='synthetic',
                       pixels=torch.stack(pixels), labels=labels, files=files, root=root, settings=settings)

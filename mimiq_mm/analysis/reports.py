@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from ..utils.tables import console_table
+
 
 def summarize(values) -> dict:
     """Count, mean, std, min, quartiles and max of a 1-D sequence of numbers."""
@@ -14,14 +16,10 @@ def summarize(values) -> dict:
 
 
 def format_summary_table(summaries: dict) -> str:
-    """A plain-text table of ``{name: summarize(...)}``."""
+    """A console table of ``{name: summarize(...)}``."""
     keys = ('count', 'mean', 'std', 'min', 'q1', 'median', 'q3', 'max')
-    width = max(len('source'), *(len(name) for name in summaries))
-    lines = [f'{"source":<{width}}  ' + '  '.join(f'{k:>7}' for k in keys)]
-    for name, summary in summaries.items():
-        cells = [f'{summary[k]:>7d}' if k == 'count' else f'{summary[k]:>7.4f}' for k in keys]
-        lines.append(f'{name:<{width}}  ' + '  '.join(cells))
-    return '\n'.join(lines)
+    return console_table(['source', *keys], [[name] + [s['count']] + [f'{s[k]:.4f}' for k in keys[1:]]
+                                            for name, s in summaries.items()])
 
 
 def save_json(data, path) -> str:

@@ -6,8 +6,9 @@ import contextlib
 import torch
 
 from ..attention import AttentionRecord, AttentionRecorder
-from ..losses import (HeadAttentionDistillLoss, InterHeadCoherencyLoss, as_float32, global_ssim,
-                      pairwise_global_ssim, spatial_head_maps)
+from ..losses import (HeadAttentionDistillLoss, InterHeadCoherencyLoss, global_ssim, pairwise_global_ssim,
+                      spatial_head_maps, upcast_half)
+from ..utils.tables import console_table
 from .steps import PRECISIONS
 from .timing import time_interleaved
 
@@ -26,8 +27,8 @@ def had_from_maps(teacher_records, student_records, k1=0.01, k2=0.03, min_range=
     per_layer = []
     for tr, sr in zip(teacher_records, student_records):
         p = tr.layout.num_prefix_tokens
-        t = as_float32(tr.outputs.detach()[:, :, p:, :]).flatten(2)
-        s = as_float32(sr.outputs[:, :, p:, :]).flatten(2)
+        t = upcast_half(tr.outputs.detach()[:, :, p:, :]).flatten(2)
+        s = upcast_half(sr.outputs[:, :, p:, :]).flatten(2)
         data_range = (t.amax(dim=-1) - t.amin(dim=-1)).clamp_min(min_range)
         ssim = global_ssim(t, s, c1=(k1 * data_range).pow(2), c2=(k2 * data_range).pow(2), dim=-1)
         per_layer.append((1 - ssim.abs()).mean())
@@ -114,12 +115,12 @@ def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10
 def format_losses(result):
     """A plain-text table of :func:`time_losses`; gradient differences relative to max |grad|
     (for L_IHC also away from each row's min/max keys, where ties may be split differently)."""
-    lines = [f"{'loss':5s} {'fast ms':>9s} {'maps ms':>9s} {'speedup':>8s} {'|dvalue|':>10s} {'|dgrad|':>10s} "
-             f"{'|dgrad| off min/max':>20s}"]
+    rows = []
     for name, e in result.items():
         scale = max(e['grad_max_abs'], 1e-30)
         off = e.get('grad_max_abs_diff_off_minmax')
-        off = f'{off / scale:20.2e}' if off is not None else f"{'-':>20s}"
-        lines.append(f"{name:5s} {e['fast']['ms_median']:9.2f} {e['maps']['ms_median']:9.2f} {e['speedup']:7.2f}x "
-                     f"{e['value_diff']:10.2e} {e['grad_max_abs_diff'] / scale:10.2e} {off}")
-    return '\n'.join(lines)
+        rows.append([name, f"{e['fast']['ms_median']:.2f}", f"{e['maps']['ms_median']:.2f}", f"{e['speedup']:.2f}x",
+                     f"{e['value_diff']:.2e}", f"{e['grad_max_abs_diff'] / scale:.2e}",
+                     f'{off / scale:.2e}' if off is not None else '-'])
+    return console_table(['loss', 'fast ms', 'maps ms', 'speedup', '|dvalue|', '|dgrad|', '|dgrad| off min/max'],
+                         rows)

@@ -10,13 +10,17 @@ Step kinds:
 
 Ratios are step-time ratios: ``ihc`` and ``psaq`` against ``plain``, ``kd_had`` against ``kd``.
 """
-import copy
 import gc
 import json
 import os
 import os.path as osp
 
 import torch
+from mmengine.utils import to_2tuple
+
+from .. import synthesis
+from ..utils.tables import console_table
+from ..apis import init_model, load_config
 
 from .steps import AMP_NAMES, DistillStep, SynthesisStep
 from .timing import environment, time_interleaved, time_step
@@ -31,8 +35,6 @@ DESCRIPTIONS = {
     'kd': 'QAT step L_KL',
     'kd_had': 'QAT step L_KL+L_HAD',
 }
-# Issue 6 targets, for DeiT-S at batch 128 on one H100 (checked only there).
-TARGETS = dict(ihc_image_steps_per_s=4500.0, ihc_vs_plain=1.25, kd_had_vs_kd=1.3, vit_b_peak_gib=40.0)
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 DEFAULT_HAD = dict(metric='dssim', loss_weight=10.0)
@@ -50,65 +52,58 @@ class BenchmarkSetup:
         self.name = name
 
 
-def _image_size(size):
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def setup_from_timm(model_name, img_size=224, num_classes=1000, timm_kwargs=None, w_bits=4, a_bits=4,
-                    act_method='minmax', had=None):
-    """A timm model through mmpretrain's TimmClassifier, as ``configs/timm`` uses it."""
-    from ..models.distiller import QuantDistiller
-    import mmpretrain.models  # noqa: F401  (registers TimmClassifier)
-    size = _image_size(img_size)
+def timm_config(model_name, img_size=224, num_classes=1000, timm_kwargs=None, w_bits=4, a_bits=4,
+                act_method='minmax'):
+    """A mimiq_mm config (as a Config) quantizing a timm model through mmpretrain's TimmClassifier,
+    as ``configs/timm`` does, with random teacher weights."""
+    from mmengine.config import Config
+    size = tuple(to_2tuple(img_size))
     kwargs = dict(timm_kwargs or {})
     kwargs.setdefault('img_size', size[0] if size[0] == size[1] else size)
     architecture = dict(type='mmpretrain.TimmClassifier', model_name=model_name, pretrained=False,
                         num_classes=num_classes, **kwargs)
     preprocessor = dict(type='mmpretrain.ClsDataPreprocessor', mean=IMAGENET_MEAN, std=IMAGENET_STD, to_rgb=True)
-    distiller = QuantDistiller(architecture, quant=dict(w_bits=w_bits, a_bits=a_bits, act_method=act_method),
-                               kd=dict(temperature=1.0, loss_weight=1.0), had=None, allow_random_teacher=True,
-                               data_preprocessor=preprocessor)
-    return BenchmarkSetup(distiller, size, num_classes, synthesis={}, had=dict(had or DEFAULT_HAD), name=model_name)
+    return Config(dict(
+        default_scope='mmpretrain',
+        model=dict(type='mimiq_mm.QuantDistiller', architecture=architecture, data_preprocessor=preprocessor,
+                   quant=dict(w_bits=w_bits, a_bits=a_bits, act_method=act_method), allow_random_teacher=True),
+        train_cfg=dict(synthesis=dict(image_size=list(size), num_classes=num_classes)),
+        name=model_name))
 
 
-def setup_from_config(config, cfg_options=None, img_size=None, w_bits=None, a_bits=None):
-    """The config's QuantDistiller (``model``) and synthesis options (``train_cfg.synthesis``)."""
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-    import mimiq_mm  # noqa: F401
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if w_bits is not None or a_bits is not None:
-        quant = dict(cfg.model.get('quant') or {})
-        quant.update({k: v for k, v in dict(w_bits=w_bits, a_bits=a_bits).items() if v is not None})
-        cfg.model.quant = quant
-    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
-    model_cfg = copy.deepcopy(cfg.model)
-    had = model_cfg.get('had') or DEFAULT_HAD
-    model_cfg['had'] = None
-    if 'data_preprocessor' in cfg and 'data_preprocessor' not in model_cfg:
-        model_cfg['data_preprocessor'] = cfg.data_preprocessor
-    distiller = MODELS.build(model_cfg)
+def setup_from_config(config, cfg_options=None, img_size=None, w_bits=None, a_bits=None, had=None):
+    """The config's QuantDistiller (``model``, random teacher weights: speed does not depend on
+    them) and synthesis options (``train_cfg.synthesis``), built by :func:`mimiq_mm.apis.init_model`."""
+    options = dict(cfg_options or {})
+    options.update({'model.teacher_checkpoint': None, 'model.allow_random_teacher': True})
+    options.update({f'model.quant.{k}': v for k, v in dict(w_bits=w_bits, a_bits=a_bits).items() if v is not None})
+    if img_size is not None:
+        options['train_cfg.synthesis.image_size'] = list(to_2tuple(img_size))
+    cfg = load_config(config, options)
+    distiller = init_model(cfg, part='model')
     synthesis = dict(cfg.get('train_cfg', {}).get('synthesis', {}) or {})
-    size = img_size or synthesis.get('image_size') or 224
+    synthesis.setdefault('image_size', 224)
+    size = tuple(to_2tuple(synthesis['image_size']))
     num_classes = synthesis.get('num_classes') or distiller.task.num_classes(distiller.teacher)
-    name = osp.splitext(osp.basename(config))[0]
-    return BenchmarkSetup(distiller, _image_size(size), num_classes, synthesis=synthesis, had=dict(had), name=name)
+    name = cfg.get('name') or osp.splitext(osp.basename(str(config)))[0]
+    return BenchmarkSetup(distiller, size, num_classes, synthesis=synthesis,
+                          had=dict(had or cfg.model.get('had') or DEFAULT_HAD), name=name)
+
+
+def setup_from_timm(model_name, img_size=224, num_classes=1000, timm_kwargs=None, w_bits=4, a_bits=4,
+                    act_method='minmax', had=None):
+    """A timm model through mmpretrain's TimmClassifier, as ``configs/timm`` uses it."""
+    return setup_from_config(timm_config(model_name, img_size, num_classes, timm_kwargs, w_bits, a_bits, act_method),
+                             had=had)
 
 
 def build_synthesizer(setup, method, precision, ihc_impl=None):
-    from ..synthesis import ImageSynthesizer
-    d = setup.distiller
-    s = setup.synthesis
-    pre = d.data_preprocessor
-    ihc = dict(s.get('ihc') or {})
+    """The synthesizer the QAT loop would build from the setup's synthesis options, for ``method``."""
+    options = dict(setup.synthesis, method=method, amp_dtype=AMP_NAMES[precision], log_interval=0,
+                   image_size=list(setup.image_size), num_classes=setup.num_classes)
     if ihc_impl is not None:
-        ihc['impl'] = ihc_impl
-    options = {k: s[k] for k in ('lr', 'betas', 'alpha', 'beta', 'psaq', 'tv', 'augment') if s.get(k) is not None}
-    return ImageSynthesizer(d.teacher, d.task, setup.image_size, pre.pixel_mean.flatten().tolist(),
-                            pre.pixel_std.flatten().tolist(), method=method, steps=int(s.get('steps') or 2000),
-                            ihc=ihc, amp_dtype=AMP_NAMES[precision], log_interval=0, **options)
+        options['ihc'] = dict(options.get('ihc') or {}, impl=ihc_impl)
+    return synthesis.build_synthesizer(options, setup.distiller)
 
 
 def make_step(setup, kind, batch, precision, ihc_impl=None, seed=0):
@@ -173,23 +168,22 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
         warmup=warmup, iters=iters, timer=timer if device.type != 'cuda' else 'cuda-events', interleaved=interleave,
         ihc_impl=ihc_impl or 'fast',
         quant=dict(w_bits=d.quant_cfg.w_bits, a_bits=d.quant_cfg.a_bits, act_method=d.quant_cfg.act_method),
-        had=setup.had, steps=steps, ratios=ratios, targets=TARGETS,
+        had=setup.had, steps=steps, ratios=ratios,
         environment=environment(device, argv))
     return result
 
 
 def format_table(result):
-    """A plain-text table of a result dict's steps."""
-    lines = [f"{result['model']}  batch {result['batch']}  {result['precision']}  {result['device']} "
-             f"({result['environment'].get('device_name')}), timer: {result.get('timer', 'wall')}",
-             f"{'step':8s} {'what':34s} {'ms/step':>10s} {'img-steps/s':>12s} {'ratio':>12s} {'peak mem':>10s}"]
+    """A console table of a result dict's steps."""
+    rows = []
     for kind, t in result['steps'].items():
-        ratio = f"{t['ratio']:.3f}x {t['ratio_vs']}" if t['ratio'] is not None else '-'
         peak = t['peak_memory_bytes']
-        peak = f'{peak / 2 ** 30:.2f} GiB' if peak is not None else 'n/a (cpu)'
-        lines.append(f"{kind:8s} {t['description']:34s} {t['ms_median']:10.2f} {t['image_steps_per_s']:12.1f} "
-                     f"{ratio:>12s} {peak:>10s}")
-    return '\n'.join(lines)
+        rows.append([kind, t['description'], f"{t['ms_median']:.2f}", f"{t['image_steps_per_s']:.1f}",
+                     f"{t['ratio']:.3f}x {t['ratio_vs']}" if t['ratio'] is not None else '-',
+                     f'{peak / 2 ** 30:.2f} GiB' if peak is not None else 'n/a (cpu)'])
+    title = (f"{result['model']}  batch {result['batch']}  {result['precision']}  {result['device']} "
+             f"({result['environment'].get('device_name')}), timer: {result.get('timer', 'wall')}")
+    return console_table(['step', 'what', 'ms/step', 'img-steps/s', 'ratio', 'peak mem'], rows, title=title)
 
 
 def default_out_path(result, root='benchmarks/results'):

@@ -1,9 +1,9 @@
 """One synthesis step and one fine-tuning step of the real code paths, as callables to time.
 
-* :class:`SynthesisStep` runs one iteration of ``ImageSynthesizer._synthesize_once``: zero the
+* :class:`SynthesisStep` runs one :meth:`SynthesisBatch.step` of ``ImageSynthesizer``: zero the
   gradient, ``ImageSynthesizer.loss_terms`` (augment, teacher forward under the attention
-  recorder, L_IHC / PSAQ / L_CL / L_TV), the finiteness check, backward, Adam and cosine
-  schedule steps, and the clamp to the valid pixel range.
+  recorder, L_IHC / PSAQ / L_CL / L_TV), backward, Adam and schedule steps, and the clamp to
+  the valid pixel range.
 * :class:`DistillStep` runs one ``QuantDistiller.train_step`` (synthetic-batch preprocessing,
   teacher forward without gradients, student forward and backward, L_KL [+ γ·L_HAD], SGD step)
   through an mmengine optim wrapper, as ``DataFreeQATLoop`` does.
@@ -17,50 +17,24 @@ AMP_NAMES = {'fp32': None, 'bf16': 'bf16', 'fp16': 'fp16'}
 
 
 class SynthesisStep:
-    """One optimisation step of a batch of synthetic images.
+    """One optimisation step of a batch of synthetic images: :meth:`SynthesisBatch.step`, the
+    very step ``ImageSynthesizer.synthesize`` repeats (the periodic finiteness check aside).
 
     Args:
-        synthesizer (ImageSynthesizer): built for the method to time (steps/lr/betas are read).
+        synthesizer (ImageSynthesizer): built for the method to time.
         batch (int): images in the batch.
         num_classes (int): target classes are drawn from ``range(num_classes)``.
         seed (int): seed of the initial noise, targets and augmentation.
     """
 
     def __init__(self, synthesizer, batch, num_classes, seed=0):
-        self.synthesizer = synthesizer
-        s = synthesizer
-        self.generator = torch.Generator().manual_seed(int(seed))
-        h, w = s.image_size
-        device = s.device
-        images = torch.randn(batch, 3, h, w, generator=self.generator).to(device)
-        self.low, self.high = s.valid_range()
-        images = torch.maximum(torch.minimum(images, self.high), self.low)
-        self.targets = torch.randint(int(num_classes), (batch,), generator=self.generator).to(device)
-        self.images = images.requires_grad_(True)
-        self.optimizer = torch.optim.Adam([self.images], lr=s.lr, betas=s.betas)
-        self.total_steps = max(s.steps, 1)
-        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
-                          if s.cosine else None)
-        self.step_index = 0
+        targets = torch.randint(int(num_classes), (batch,), generator=torch.Generator().manual_seed(int(seed)))
+        self.batch = synthesizer.start(targets, seed)
         self.last_terms = {}
 
     def __call__(self):
-        s = self.synthesizer
-        progress = (self.step_index % self.total_steps) / self.total_steps
-        self.optimizer.zero_grad(set_to_none=True)
-        terms = s.loss_terms(self.images, self.targets, self.generator, progress=progress)
-        total = sum(terms.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f'synthesis loss {total.item()} at benchmark step {self.step_index}')
-        total.backward()
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        with torch.no_grad():
-            self.images.copy_(torch.maximum(torch.minimum(self.images, self.high), self.low))
-        self.step_index += 1
-        self.last_terms = terms
-        return terms
+        self.last_terms = self.batch.step()
+        return self.last_terms
 
 
 class DistillStep:

@@ -40,7 +40,8 @@ def time_step(step, device, warmup=3, iters=10, timer='wall'):
 
     Every timed call is bracketed by synchronisation: CUDA events on the current stream on CUDA
     (the device is synchronised before the start event and after the end event), a
-    ``perf_counter`` pair on CPU. On CPU the process's CPU time of each call is recorded as well
+    ``perf_counter`` pair on CPU. (``torch.utils.benchmark.Timer`` is not used: every measurement
+    of it runs extra warm-up calls, which would triple the cost of a training step.) On CPU the process's CPU time of each call is recorded as well
     (``cpu_times_ms``); ``timer='process'`` makes it the one the summary uses, which is steadier
     than wall time on a shared machine when torch runs one thread.
 
@@ -123,6 +124,33 @@ def time_interleaved(steps, device, warmup=3, iters=10, timer='wall'):
                        ms_min=min(t)) for name, t in times.items()}
 
 
+def environment(device, argv=None):
+    """What a result depends on: device name, library versions (mmengine's ``collect_env``),
+    threads, command line."""
+    from mmengine.utils.dl_utils import collect_env
+    device = torch.device(device)
+    env = dict(python=sys.version.split()[0], platform=platform.platform(), torch=torch.__version__,
+               cuda=torch.version.cuda, device_type=device.type, cpu_threads=torch.get_num_threads(),
+               processor=platform.processor() or platform.machine())
+    versions = collect_env()
+    env.update(mmengine=versions.get('MMEngine'), gcc=versions.get('GCC'))
+    if device.type == 'cuda':
+        props = torch.cuda.get_device_properties(device)
+        env.update(device_name=props.name, device_memory_bytes=int(props.total_memory),
+                   cudnn=torch.backends.cudnn.version(),
+                   tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32))
+    else:
+        env['device_name'] = _cpu_name() or env['processor']
+    for name in ('timm', 'mmpretrain'):
+        try:
+            env[name] = __import__(name).__version__
+        except ImportError:  # not installed: not part of this result
+            env[name] = None
+    if argv is not None:
+        env['command'] = ' '.join(argv)
+    return env
+
+
 def _cpu_name():
     try:
         with open('/proc/cpuinfo') as f:
@@ -132,26 +160,3 @@ def _cpu_name():
     except OSError:
         pass
     return None
-
-
-def environment(device, argv=None):
-    """What a result depends on: device name, library versions, threads, command line."""
-    device = torch.device(device)
-    env = dict(python=sys.version.split()[0], platform=platform.platform(), torch=torch.__version__,
-               cuda=torch.version.cuda, device_type=device.type, cpu_threads=torch.get_num_threads(),
-               processor=platform.processor() or platform.machine())
-    if device.type == 'cuda':
-        props = torch.cuda.get_device_properties(device)
-        env.update(device_name=props.name, device_memory_bytes=int(props.total_memory),
-                   cudnn=torch.backends.cudnn.version(),
-                   tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32))
-    else:
-        env['device_name'] = _cpu_name() or env['processor']
-    for name in ('timm', 'mmengine', 'mmpretrain'):
-        try:
-            env[name] = __import__(name).__version__
-        except Exception:  # not installed: not part of this result
-            env[name] = None
-    if argv is not None:
-        env['command'] = ' '.join(argv)
-    return env

@@ -1,4 +1,5 @@
 from .augment import BatchAugment
+from .cached import DecodedImageDataset
 from .synthetic import SyntheticImageDataset
 
-__all__ = ['BatchAugment', 'SyntheticImageDataset']
+__all__ = ['BatchAugment', 'DecodedImageDataset', 'SyntheticImageDataset']

@@ -14,22 +14,58 @@ from ..synthesis.store import load_manifest
 class SyntheticImageDataset(Dataset):
     """Items are ``dict(pixels=uint8 (3, H, W) RGB tensor, label=int)``.
 
+    The images are decoded once, on first use, and kept in memory as one uint8 tensor
+    (10K images of 224² take 1.5 GB): fine-tuning revisits them hundreds of times, and no
+    dataloader workers are needed.
+
     Args:
         root (str): folder of a synthetic set made by :func:`mimiq_mm.synthesis.synthesize_set`.
+        num_images (int | None): the set's size when it is not made yet (the fine-tuning loop
+            builds its dataloader before synthesis); None reads it from the finished set.
+        holdout (int): images at the end of the set kept out of training (for choosing the
+            student without data, see :class:`mimiq_mm.engine.BestStudentHook`).
+        part (str): 'train' (all but the held-out images) or 'holdout' (only those).
     """
+    metainfo = dict(classes=None)
 
-    def __init__(self, root):
+    def __init__(self, root, num_images=None, holdout=0, part='train'):
+        if part not in ('train', 'holdout'):
+            raise ValueError(f"part must be 'train' or 'holdout', got {part!r}")
         self.root = root
-        self.manifest = load_manifest(root)
-        self.images = self.manifest['images']
-        if not self.images:
-            raise ValueError(f'the synthetic set in {root} is empty')
+        self.set_size = num_images
+        self.holdout, self.part = int(holdout), part
+        self.pixels = None   # (N, 3, H, W) uint8 once loaded
+        self.labels = None   # (N,) int64
+        if num_images is None:
+            self.load()
+        elif not 0 <= self.holdout < num_images:
+            raise ValueError(f'holdout_images={holdout} must be less than the {num_images} synthetic images')
+
+    def load(self):
+        """Decode every image of the finished set (a no-op once loaded)."""
+        if self.pixels is not None:
+            return self
+        images = load_manifest(self.root)['images']
+        if not images:
+            raise ValueError(f'the synthetic set in {self.root} is empty')
+        if self.set_size is not None and len(images) != self.set_size:
+            raise ValueError(f'the synthetic set in {self.root} has {len(images)} images, expected '
+                             f'{self.set_size}')
+        cut = len(images) - self.holdout
+        images = images[:cut] if self.part == 'train' else images[cut:]
+        arrays = []
+        for item in images:
+            with Image.open(os.path.join(self.root, item['file'])) as img:
+                arrays.append(np.asarray(img.convert('RGB')))
+        self.pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.tensor([item['label'] for item in images], dtype=torch.long)
+        return self
 
     def __len__(self):
-        return len(self.images)
+        if self.pixels is not None:
+            return len(self.pixels)
+        return self.set_size - self.holdout if self.part == 'train' else self.holdout
 
     def __getitem__(self, idx):
-        item = self.images[idx]
-        with Image.open(os.path.join(self.root, item['file'])) as img:
-            array = np.asarray(img.convert('RGB')).copy()
-        return dict(pixels=torch.from_numpy(array).permute(2, 0, 1), label=item['label'])
+        self.load()
+        return dict(pixels=self.pixels[idx], label=int(self.labels[idx]))

@@ -1,4 +1,4 @@
-from .hooks import StudentExportHook
+from .hooks import BestStudentHook, StudentExportHook
 from .loops import DataFreeQATLoop
 
-__all__ = ['DataFreeQATLoop', 'StudentExportHook']
+__all__ = ['BestStudentHook', 'DataFreeQATLoop', 'StudentExportHook']

@@ -2,12 +2,12 @@
 from .distill import KLDistillLoss
 from .had import HAD_METRICS, HeadAttentionDistillLoss
 from .ihc import InterHeadCoherencyLoss, spatial_head_maps
-from .ssim import as_float32, global_ssim, minmax_normalize, pairwise_global_ssim
+from .ssim import global_ssim, minmax_normalize, pairwise_global_ssim, ssim_from_moments, upcast_half
 from .synthesis import (ClassPriorLoss, PatchSimilarityEntropyLoss, TotalVariationLoss,
                         kde_differential_entropy)
 from .utils import require_field, select_records
 
 __all__ = ['ClassPriorLoss', 'HAD_METRICS', 'HeadAttentionDistillLoss', 'InterHeadCoherencyLoss', 'KLDistillLoss',
-           'PatchSimilarityEntropyLoss', 'TotalVariationLoss', 'as_float32', 'global_ssim',
-           'kde_differential_entropy', 'minmax_normalize', 'pairwise_global_ssim', 'require_field',
+           'PatchSimilarityEntropyLoss', 'TotalVariationLoss', 'upcast_half', 'global_ssim',
+           'kde_differential_entropy', 'minmax_normalize', 'pairwise_global_ssim', 'require_field', 'ssim_from_moments',
            'select_records', 'spatial_head_maps']

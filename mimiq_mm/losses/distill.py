@@ -3,7 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from .ssim import as_float32
+from .ssim import upcast_half
 
 
 @MODELS.register_module()
@@ -42,7 +42,7 @@ class KLDistillLoss(nn.Module):
             raise ValueError(f'student logits {tuple(student_logits.shape)} and teacher logits '
                              f'{tuple(teacher_logits.shape)} differ in shape')
         temp = self.temperature
-        log_s = F.log_softmax(as_float32(student_logits) / temp, dim=1)
-        log_t = F.log_softmax(as_float32(teacher_logits.detach()) / temp, dim=1)
+        log_s = F.log_softmax(upcast_half(student_logits) / temp, dim=1)
+        log_t = F.log_softmax(upcast_half(teacher_logits.detach()) / temp, dim=1)
         per_sample = F.kl_div(log_s, log_t, reduction='none', log_target=True).sum(dim=1)  # (B, *spatial)
         return self.loss_weight * temp ** 2 * per_sample.mean()

@@ -4,8 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
-from .ssim import as_float32
-from .utils import require_field, select_records
+from .ssim import ssim_from_moments, upcast_half
+from .utils import AutocastFreeFunction, require_field, select_records
 
 HAD_METRICS = ('dssim', 'mse', 'l1', 'kl')
 
@@ -84,8 +84,8 @@ class HeadAttentionDistillLoss(nn.Module):
             t = t_out.detach()[:, :, prefix:, :].flatten(2)
             s = s_out[:, :, prefix:, :].flatten(2)
             return self._dssim(t, s).mean()
-        t = as_float32(t_out.detach()[:, :, prefix:, :]).flatten(2)
-        s = as_float32(s_out[:, :, prefix:, :]).flatten(2)
+        t = upcast_half(t_out.detach()[:, :, prefix:, :]).flatten(2)
+        s = upcast_half(s_out[:, :, prefix:, :]).flatten(2)
         if self.metric == 'mse':
             dist = (t - s).pow(2).mean(dim=-1)
         elif self.metric == 'l1':
@@ -102,7 +102,7 @@ class HeadAttentionDistillLoss(nn.Module):
         moments (:class:`_StudentMoments`) so only the per-map statistics join the autograd graph.
         """
         with torch.no_grad(), torch.autocast(t.device.type, enabled=False):
-            t32 = as_float32(t)
+            t32 = upcast_half(t)
             var_t, mu_t = _var_mean(t32)
             if t32.is_cuda:
                 low, high = torch.aminmax(t32, dim=-1)
@@ -112,9 +112,7 @@ class HeadAttentionDistillLoss(nn.Module):
         c1 = (self.k1 * data_range).pow(2)
         c2 = (self.k2 * data_range).pow(2)
         mu_s, var_s, cov = _StudentMoments.apply(s, t32, mu_t)
-        luminance = (2 * mu_t * mu_s + c1) / (mu_t.pow(2) + mu_s.pow(2) + c1)
-        contrast_structure = (2 * cov + c2) / (var_t + var_s + c2)
-        return 1 - (luminance * contrast_structure).abs()
+        return 1 - ssim_from_moments(mu_t, mu_s, var_t, var_s, cov, c1, c2).abs()
 
 
 def _var_mean(x):
@@ -133,7 +131,7 @@ def _row_dot(a, b):
     return torch.linalg.vecdot(a, b)
 
 
-class _StudentMoments(torch.autograd.Function):
+class _StudentMoments(AutocastFreeFunction):
     """Mean and variance of the student maps ``s`` and their covariance with the teacher maps
     ``t`` (both (..., M), any float dtype; computed in at least fp32), differentiable in ``s`` only;
     ``mu_t`` is the teacher maps' mean.
@@ -144,23 +142,13 @@ class _StudentMoments(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s, t, mu_t):
-        with torch.autocast(s.device.type, enabled=False):  # fp32 statistics under autocast too
-            return _StudentMoments._forward(ctx, s, t, mu_t)
-
-    @staticmethod
     def _forward(ctx, s, t, mu_t):
         num = s.shape[-1]
-        s32, t32 = as_float32(s), as_float32(t)
+        s32, t32 = upcast_half(s), upcast_half(t)
         var_s, mu_s = _var_mean(s32)
         cov = _row_dot(t32 - mu_t.unsqueeze(-1), s32).div_(num)
         ctx.save_for_backward(s, t, mu_s, mu_t)
         return mu_s, var_s, cov
-
-    @staticmethod
-    def backward(ctx, grad_mu, grad_var, grad_cov):
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
-            return _StudentMoments._backward(ctx, grad_mu, grad_var, grad_cov)
 
     @staticmethod
     def _backward(ctx, grad_mu, grad_var, grad_cov):

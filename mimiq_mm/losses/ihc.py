@@ -4,8 +4,8 @@ import torch.nn as nn
 from pytorch_msssim import ssim as windowed_ssim
 
 from ..registry import MODELS
-from .ssim import DEFAULT_C1, DEFAULT_C2, global_ssim, minmax_normalize, pairwise_global_ssim
-from .utils import require_field, select_records
+from .ssim import DEFAULT_C1, DEFAULT_C2, global_ssim, minmax_normalize, ssim_from_moments
+from .utils import AutocastFreeFunction, require_field, select_records
 
 
 def _spatial_scores(record):
@@ -38,7 +38,7 @@ def spatial_head_maps(record, eps=1e-8):
     return minmax_normalize(spatial.transpose(1, 2), dim=-1, eps=eps)
 
 
-class _CenteredHeadGram(torch.autograd.Function):
+class _CenteredHeadGram(AutocastFreeFunction):
     """Per-query statistics of the heads' spatial score rows, in fp32, with a hand-written backward.
 
     Input: the scores (B', H, N, N) of one attention call (any float dtype) and the number of
@@ -60,11 +60,6 @@ class _CenteredHeadGram(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, scores, prefix):
-        with torch.autocast(scores.device.type, enabled=False):  # statistics stay in fp32 under autocast
-            return _CenteredHeadGram._forward(ctx, scores, prefix)
-
-    @staticmethod
     def _forward(ctx, scores, prefix):
         x = scores[:, :, prefix:, prefix:]
         b, h, q, k = x.shape
@@ -80,11 +75,6 @@ class _CenteredHeadGram(torch.autograd.Function):
         ctx.prefix = prefix
         ctx.scores_shape, ctx.scores_dtype = scores.shape, scores.dtype
         return cov, low, high
-
-    @staticmethod
-    def backward(ctx, grad_cov, grad_low, grad_high):
-        with torch.autocast(ctx.saved_tensors[0].device.type, enabled=False):
-            return _CenteredHeadGram._backward(ctx, grad_cov, grad_low, grad_high)
 
     @staticmethod
     def _backward(ctx, grad_cov, grad_low, grad_high):
@@ -103,7 +93,9 @@ class _CenteredHeadGram(torch.autograd.Function):
         for g, index in grads:
             grad.scatter_add_(-1, index.unsqueeze(-1), g.unsqueeze(-1).to(grad.dtype))
         p = ctx.prefix
-        full = torch.zeros(ctx.scores_shape, dtype=ctx.scores_dtype, device=xc.device)
+        full = torch.empty(ctx.scores_shape, dtype=ctx.scores_dtype, device=xc.device)
+        full[:, :, :p].zero_()  # only the prefix rows and columns: the rest is written next
+        full[:, :, p:, :p].zero_()
         full[:, :, p:, p:].copy_(grad.transpose(1, 2))
         return full, None
 
@@ -234,10 +226,9 @@ class InterHeadCoherencyLoss(nn.Module):
         mu = -low / r                                                  # mean of the normalised map
         cov = cov / (r.unsqueeze(-1) * r.unsqueeze(-2))
         var = cov.diagonal(dim1=-2, dim2=-1)
-        mu_i, mu_j = mu.unsqueeze(-1), mu.unsqueeze(-2)
-        luminance = (2 * mu_i * mu_j + self.c1) / (mu_i.pow(2) + mu_j.pow(2) + self.c1)
-        contrast_structure = (2 * cov + self.c2) / (var.unsqueeze(-1) + var.unsqueeze(-2) + self.c2)
-        coherency = self._f(luminance * contrast_structure).mean(dim=(-2, -1))   # D_q: (B', Q)
+        ssim = ssim_from_moments(mu.unsqueeze(-1), mu.unsqueeze(-2), var.unsqueeze(-1), var.unsqueeze(-2), cov,
+                                 self.c1, self.c2)                    # (B', Q, H, H)
+        coherency = self._f(ssim).mean(dim=(-2, -1))                   # D_q: (B', Q)
         return (1 - coherency).mean()
 
     # -- reference path: explicit loops over head pairs ----------------------------------------

@@ -9,7 +9,7 @@ DEFAULT_C1 = 0.01 ** 2
 DEFAULT_C2 = 0.03 ** 2
 
 
-def as_float32(x):
+def upcast_half(x):
     """Upcast fp16/bf16 tensors to fp32; fp32/fp64 tensors are returned unchanged."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
@@ -27,10 +27,18 @@ def minmax_normalize(x, dim=-1, eps=1e-8):
     Returns:
         Tensor: same shape as ``x``, at least fp32.
     """
-    x = as_float32(x)
+    x = upcast_half(x)
     low = x.amin(dim=dim, keepdim=True)
     high = x.amax(dim=dim, keepdim=True)
     return (x - low) / (high - low + eps)
+
+
+def ssim_from_moments(mu_x, mu_y, var_x, var_y, cov, c1=DEFAULT_C1, c2=DEFAULT_C2):
+    """SSIM = (2 μx μy + c1)(2 σxy + c2) / ((μx² + μy² + c1)(σx² + σy² + c2)) from the maps'
+    means, variances and covariance (broadcastable tensors; c1, c2 floats or tensors)."""
+    luminance = (2 * mu_x * mu_y + c1) / (mu_x.pow(2) + mu_y.pow(2) + c1)
+    contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
+    return luminance * contrast_structure
 
 
 def global_ssim(x, y, c1=DEFAULT_C1, c2=DEFAULT_C2, dim=-1):
@@ -48,17 +56,14 @@ def global_ssim(x, y, c1=DEFAULT_C1, c2=DEFAULT_C2, dim=-1):
     Returns:
         Tensor: input shape without ``dim``.
     """
-    x, y = as_float32(x), as_float32(y)
+    x, y = upcast_half(x), upcast_half(y)
     mu_x = x.mean(dim=dim, keepdim=True)
     mu_y = y.mean(dim=dim, keepdim=True)
     xc, yc = x - mu_x, y - mu_y
     var_x = xc.pow(2).mean(dim=dim)
     var_y = yc.pow(2).mean(dim=dim)
     cov = (xc * yc).mean(dim=dim)
-    mu_x, mu_y = mu_x.squeeze(dim), mu_y.squeeze(dim)
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x.pow(2) + mu_y.pow(2) + c1)
-    contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
-    return luminance * contrast_structure
+    return ssim_from_moments(mu_x.squeeze(dim), mu_y.squeeze(dim), var_x, var_y, cov, c1, c2)
 
 
 def pairwise_global_ssim(maps, c1=DEFAULT_C1, c2=DEFAULT_C2):
@@ -74,13 +79,10 @@ def pairwise_global_ssim(maps, c1=DEFAULT_C1, c2=DEFAULT_C2):
     Returns:
         Tensor: (..., H, H) symmetric SSIM matrix; the diagonal is exactly 1.
     """
-    x = as_float32(maps)
+    x = upcast_half(maps)
     num_values = x.shape[-1]
     mu = x.mean(dim=-1)                                        # (..., H)
     xc = x - mu.unsqueeze(-1)                                  # (..., H, K)
     cov = xc @ xc.transpose(-1, -2) / num_values               # (..., H, H)
     var = cov.diagonal(dim1=-2, dim2=-1)                       # (..., H)
-    mu_i, mu_j = mu.unsqueeze(-1), mu.unsqueeze(-2)
-    luminance = (2 * mu_i * mu_j + c1) / (mu_i.pow(2) + mu_j.pow(2) + c1)
-    contrast_structure = (2 * cov + c2) / (var.unsqueeze(-1) + var.unsqueeze(-2) + c2)
-    return luminance * contrast_structure
+    return ssim_from_moments(mu.unsqueeze(-1), mu.unsqueeze(-2), var.unsqueeze(-1), var.unsqueeze(-2), cov, c1, c2)

@@ -1,4 +1,23 @@
 """Small helpers for losses that consume :class:`~mimiq_mm.attention.AttentionRecord` lists."""
+import torch
+
+
+class AutocastFreeFunction(torch.autograd.Function):
+    """An autograd function whose ``_forward`` and ``_backward`` run with autocast off, so that
+    statistics stay in fp32 inside a bf16/fp16 region. Subclasses define ``_forward(ctx, x, ...)``
+    (its first tensor argument names the device) and ``_backward(ctx, *grads)``."""
+
+    @classmethod
+    def forward(cls, ctx, x, *args):
+        ctx.device_type = x.device.type
+        with torch.autocast(x.device.type, enabled=False):
+            return cls._forward(ctx, x, *args)
+
+    @classmethod
+    def backward(cls, ctx, *grads):
+        with torch.autocast(ctx.device_type, enabled=False):
+            return cls._backward(ctx, *grads)
+
 
 
 def select_records(records, layers=None):

@@ -14,13 +14,13 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.runner.checkpoint import _load_checkpoint
 
 from ..attention import AttentionRecorder, install_attention_capture
 from ..datasets.augment import BatchAugment
 from ..losses import HeadAttentionDistillLoss
-from ..quant import QuantConfig, calibration, quantize_model, quantizers
+from ..quant import QuantConfig, calibration, quantize_model, quantizers_initialized
 from ..registry import MODELS
-from ..utils.checkpoint import load_checkpoint_file
 from .tasks import build_task
 
 SYNTHETIC_KEY = 'pixels'
@@ -126,10 +126,17 @@ class QuantDistiller(BaseModel):
             if not (os.path.isfile(ckpt) or '://' in ckpt):
                 raise FileNotFoundError(f'teacher checkpoint {ckpt!r} not found; set model.teacher_checkpoint to '
                                         'an existing file (e.g. --cfg-options model.teacher_checkpoint=PATH)')
-            state = load_checkpoint_file(ckpt) if os.path.isfile(ckpt) else _load_url(ckpt)
+            state = _load_checkpoint(ckpt, map_location='cpu', logger='current')  # mmengine's loader: files, URLs
             state = state.get('state_dict', state.get('model', state))
+            state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
             try:
-                missing, unexpected = self.teacher.load_state_dict(_strip_prefix(state, self.teacher), strict=False)
+                if any(k.startswith('teacher.') for k in state):  # a distiller checkpoint: its teacher part,
+                    # loaded through this module so that nested keys are routed as in load_state_dict
+                    missing, unexpected = self.load_state_dict(
+                        {k: v for k, v in state.items() if k.startswith('teacher.')}, strict=False)
+                    missing = [k for k in missing if k.startswith('teacher.')]
+                else:
+                    missing, unexpected = self.teacher.load_state_dict(state, strict=False)
             except RuntimeError as err:  # shape mismatches
                 raise ValueError(f'teacher checkpoint {ckpt} does not fit model.architecture ({err}); '
                                  'check that the config describes the checkpoint\'s model') from err
@@ -172,8 +179,7 @@ class QuantDistiller(BaseModel):
         self.student.train(was_training)
 
     def quantizers_initialized(self):
-        flags = [bool(q.initialized) for q in quantizers(self.student) if hasattr(q, 'initialized')]
-        return bool(flags) and all(flags)
+        return quantizers_initialized(self.student)
 
     # ------------------------------------------------------------------ forward
     def forward(self, inputs, data_samples=None, mode='tensor'):
@@ -191,14 +197,9 @@ class QuantDistiller(BaseModel):
         with torch.no_grad():
             with AttentionRecorder(self.teacher, fields=fields, detach=True) if fields else nullcontext() as t_rec:
                 teacher_out = self.task.forward_tensor(self.teacher, inputs)
-        # A task may run the student on the teacher's intermediate results (the detector's
-        # proposals) through ``forward_student(model, inputs, teacher_outputs)``.
-        forward_student = getattr(self.task, 'forward_student', None)
+        # The task may run the student on the teacher's intermediate results (the detector's proposals).
         with AttentionRecorder(self.student, fields=fields) if fields else nullcontext() as s_rec:
-            if forward_student is not None:
-                student_out = forward_student(self.student, inputs, teacher_out)
-            else:
-                student_out = self.task.forward_tensor(self.student, inputs)
+            student_out = self.task.forward_student(self.student, inputs, teacher_out)
         losses = {}
         kd = self.task.distill_loss(student_out, teacher_out, temperature=self.kd_temperature)
         if isinstance(kd, dict):
@@ -208,6 +209,25 @@ class QuantDistiller(BaseModel):
         if self.had_loss is not None:
             losses['loss_had'] = self.had_loss(t_rec.records, s_rec.records)
         return losses
+
+    @torch.no_grad()
+    def holdout_distance(self, dataset, batch_size=64) -> float:
+        """The output distillation loss (the task's KD term, summed over its parts) of the
+        student against the teacher on a synthetic ``dataset``, in eval mode, averaged over images:
+        how far the student is from the teacher, without real data."""
+        was_training = self.student.training
+        self.student.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(dataset), batch_size):
+            pixels = torch.stack([dataset[i]['pixels'] for i in range(start, min(start + batch_size, len(dataset)))])
+            inputs = self.data_preprocessor(dict(pixels=pixels), False)['inputs']
+            teacher_out = self.task.forward_tensor(self.teacher, inputs)
+            student_out = self.task.forward_student(self.student, inputs, teacher_out)
+            kd = self.task.distill_loss(student_out, teacher_out, temperature=self.kd_temperature)
+            total += float(sum(kd.values()) if isinstance(kd, dict) else kd) * len(pixels)
+            count += len(pixels)
+        self.student.train(was_training)
+        return total / max(count, 1)
 
     def val_step(self, data):
         return self.student.val_step(data)
@@ -219,16 +239,3 @@ class QuantDistiller(BaseModel):
         """The student's weights and quantizer state, with the task model's own keys."""
         return self.student.state_dict()
 
-
-def _strip_prefix(state, model):
-    """Drop a wrapper prefix ('module.', 'teacher.', 'student.') that the model's keys lack."""
-    keys = set(model.state_dict())
-    for prefix in ('module.', 'teacher.', 'student.'):
-        if not any(k in keys for k in state) and any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
-
-
-def _load_url(url):
-    from mmengine.runner import CheckpointLoader
-    return CheckpointLoader.load_checkpoint(url, map_location='cpu')

@@ -132,3 +132,9 @@ def reset_activation_ranges(model):
     """Forget calibrated ranges / LSQ initialisation, so the next calibration starts afresh."""
     for q in quantizers(model, (MinMaxActQuantizer, LSQActQuantizer)):
         q.initialized.fill_(False)
+
+
+def quantizers_initialized(model) -> bool:
+    """Whether ``model`` has activation quantizers and all of them are calibrated (or restored)."""
+    flags = [bool(q.initialized) for q in quantizers(model) if hasattr(q, 'initialized')]
+    return bool(flags) and all(flags)

@@ -18,22 +18,18 @@ import time
 
 import numpy as np
 import torch
-from mmengine.logging import print_log
 from PIL import Image
 
 MANIFEST = 'manifest.json'
 FORMAT_VERSION = 1
 
 
-def file_sha256(path, chunk=1 << 20):
+def file_sha256(path):
     """sha256 of a file, or None if ``path`` is not a local file."""
     if not path or not os.path.isfile(path):
         return None
-    digest = hashlib.sha256()
     with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def _atomic_write_json(path, data):
@@ -145,7 +141,3 @@ def load_manifest(root):
             'tools/synthesize.py or let tools/train.py synthesise it')
     with open(path) as f:
         return json.load(f)
-
-
-def log(msg):
-    print_log(msg, logger='current')

@@ -1,4 +1,5 @@
 """Optimising a batch of images from Gaussian noise against the frozen full-precision teacher."""
+import datetime
 import time
 from contextlib import nullcontext
 from typing import Optional, Sequence
@@ -6,47 +7,70 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
+from mmengine.utils import to_2tuple
 
 from ..attention import AttentionRecorder, install_attention_capture
 from ..losses import InterHeadCoherencyLoss, PatchSimilarityEntropyLoss, TotalVariationLoss
+from ..registry import SYNTHESIZERS
 from .augment import SynthesisAugment
 from .methods import check_method
+from .priors import build_prior
+
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, None: None}
+SCHEDULES = ('cosine', 'constant')
 
 
 class NonFiniteSynthesisError(RuntimeError):
     pass
 
 
+@SYNTHESIZERS.register_module()
 class ImageSynthesizer:
     """Makes synthetic images with L_G = L_IHC + α·L_CL + β·L_TV (or a baseline's losses).
 
+    Built from ``train_cfg.synthesis`` through :func:`mimiq_mm.synthesis.build_synthesizer`,
+    which supplies the first five arguments from the model being quantized; the keyword
+    arguments are the synthesis options, with the paper's values as defaults.
+
     Args:
         teacher (nn.Module): the full-precision task model, frozen (eval mode, no grads).
-        task: a :class:`mimiq_mm.models.tasks.TaskAdapter` for the teacher.
-        image_size (tuple[int, int]): (H, W) of the images.
+        task (TaskAdapter): the teacher's task adapter.
+        image_size (int | tuple[int, int]): (H, W) of the images: the teacher's input size.
         pixel_mean, pixel_std (Sequence[float]): the teacher's input normalisation, 0-255 units.
         method (str): 'mimiq', 'base', 'psaq' or 'noise'.
         steps (int): optimisation steps per batch (paper: 2000).
-        lr (float): Adam learning rate (paper: 0.1), ``betas`` (0.9, 0.999), cosine decay.
+        lr (float): Adam learning rate (paper: 0.1), ``betas`` (0.9, 0.999).
+        schedule (str): 'cosine' (decay to 0 over ``steps``, the code lineage) or 'constant'
+            (the paper names no schedule).
         alpha, beta (float): weights of L_CL and L_TV (paper: 1, 2.5e-5).
-        ihc (dict): options of :class:`InterHeadCoherencyLoss` (its ``loss_weight`` too).
-        psaq (dict): options of :class:`PatchSimilarityEntropyLoss`.
-        tv (dict): options of :class:`TotalVariationLoss`.
-        augment (dict | None): options of :class:`SynthesisAugment`; None disables it.
-        prior (callable | None): ``prior(images, targets) -> L_CL`` from a separate model (e.g.
-            :class:`mimiq_mm.models.dense.ClassifierPrior`); None uses ``task.prior_loss`` on the
-            teacher's own outputs. With a separate prior the teacher runs only
-            ``task.forward_backbone`` (for the attention terms) when the task has one.
+        ihc (dict | None): options of :class:`InterHeadCoherencyLoss` (``loss_weight`` too).
+        psaq (dict | None): options of :class:`PatchSimilarityEntropyLoss`.
+        tv (dict | None): options of :class:`TotalVariationLoss`.
+        augment (dict | None): options of :class:`SynthesisAugment` (``dict()``: its defaults);
+            None switches augmentation off.
+        prior (dict | str | nn.Module | None): where L_CL comes from (see
+            :mod:`mimiq_mm.synthesis.priors`): None / 'head' uses ``task.prior_loss`` on the
+            teacher's own outputs; ``dict(type='classifier', ...)`` (or a built module
+            ``prior(images, targets) -> L_CL``) a separate model, and the teacher then runs only
+            ``task.forward_backbone`` (for the attention terms).
+        num_classes (int | None): target classes (default: the prior's, else the teacher's).
         amp_dtype (str | None): 'bf16' or 'fp16' to run the teacher under autocast (CUDA).
         max_retries (int): how often a batch that turns non-finite is redrawn.
-        log_interval (int): steps between progress lines.
+        check_interval (int): steps between finiteness checks of the loss; each check waits for
+            the device, so checking every step would stall a GPU.
+        log_interval (int): steps between progress lines (0: none).
     """
 
     def __init__(self, teacher: nn.Module, task, image_size, pixel_mean: Sequence[float], pixel_std: Sequence[float],
-                 method='mimiq', steps=2000, lr=0.1, betas=(0.9, 0.999), cosine=True, alpha=1.0, beta=2.5e-5,
+                 method='mimiq', steps=2000, lr=0.1, betas=(0.9, 0.999), schedule='cosine', alpha=1.0, beta=2.5e-5,
                  ihc: Optional[dict] = None, psaq: Optional[dict] = None, tv: Optional[dict] = None,
-                 augment: Optional[dict] = None, amp_dtype=None, max_retries=3, log_interval=200, prior=None):
+                 augment: Optional[dict] = dict(), prior=None, num_classes=None,
+                 amp_dtype=None, max_retries=3, check_interval=50, log_interval=200):
         self.recipe = check_method(method)
+        if schedule not in SCHEDULES:
+            raise ValueError(f'synthesis schedule must be one of {SCHEDULES}, got {schedule!r}')
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"synthesis amp_dtype must be None, 'bf16' or 'fp16', got {amp_dtype!r}")
         self.method = method
         teacher.eval()  # (mmseg ViT.train() returns None, so no chaining)
         self.teacher = teacher
@@ -55,21 +79,50 @@ class ImageSynthesizer:
         if self.recipe['ihc'] or self.recipe['psaq']:
             install_attention_capture(self.teacher)
         self.task = task
-        self.prior = prior
-        self.image_size = tuple(image_size)
-        self.steps, self.lr, self.betas, self.cosine = int(steps), lr, tuple(betas), cosine
+        self.prior = build_prior(prior, pixel_mean, pixel_std, device=self.device)
+        self.image_size = tuple(to_2tuple(image_size))
+        self.steps, self.lr, self.betas, self.schedule = int(steps), lr, tuple(betas), schedule
         self.alpha, self.beta = alpha, beta
+        self.options = dict(ihc=ihc, psaq=psaq, tv=tv, augment=augment)
+        if self.prior is not None:
+            self.options['prior'] = prior if isinstance(prior, dict) else type(prior).__name__
         self.ihc_loss = InterHeadCoherencyLoss(**(ihc or {})) if self.recipe['ihc'] else None
         self.psaq_loss = PatchSimilarityEntropyLoss(**(psaq or {})) if self.recipe['psaq'] else None
         self.tv_loss = TotalVariationLoss(**(tv or {}))
-        self.augment = SynthesisAugment(**augment) if augment is not None else SynthesisAugment()
-        self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, None: None}[amp_dtype]
+        self.augment = SynthesisAugment(**augment) if augment is not None else None
+        self._num_classes = num_classes
+        self.amp_dtype = AMP_DTYPES[amp_dtype]
         self.max_retries = max_retries
+        self.check_interval = max(int(check_interval), 1)
         self.log_interval = log_interval
-        mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.pixel_mean, self.pixel_std = mean, std
+        self.pixel_mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.pixel_std = torch.tensor(pixel_std, dtype=torch.float32).view(1, -1, 1, 1)
 
+    # ------------------------------------------------------------------ description
+    def settings(self) -> dict:
+        """What defines the images this synthesizer makes (recorded in a set's manifest)."""
+        settings = dict(method=self.method, image_size=list(self.image_size), steps=self.steps, lr=self.lr,
+                        schedule=self.schedule, alpha=self.alpha, beta=self.beta, **self.options)
+        return settings
+
+    def num_classes(self) -> int:
+        if self._num_classes:
+            return int(self._num_classes)
+        if self.prior is not None:
+            return self.prior.num_classes()
+        return self.task.num_classes(self.teacher)
+
+    def check_image_size(self):
+        """Fail early, with the fix, if the teacher cannot take ``image_size``."""
+        try:
+            with torch.no_grad():
+                self.task.forward_tensor(self.teacher, torch.zeros(1, 3, *self.image_size, device=self.device))
+        except Exception as err:  # the backbone's own message says why
+            raise ValueError(f'image size {self.image_size} does not fit the teacher ({type(err).__name__}: {err}); '
+                             'set train_cfg.synthesis.image_size to a size it accepts (usually its training '
+                             'size, a multiple of the patch size and window size)') from err
+
+    # ------------------------------------------------------------------ pixels
     @property
     def device(self):
         p = next(self.teacher.parameters(), None)
@@ -91,18 +144,14 @@ class ImageSynthesizer:
         x = (pixels.float() - self.pixel_mean) / self.pixel_std
         return x.to(self.device)
 
+    # ------------------------------------------------------------------ one step
     def loss_terms(self, images, targets, generator=None, progress=0.0, noise_generator=None):
-        """The synthesis losses of one step on normalised ``images`` (B, 3, H, W)."""
-        x = self.augment(images, progress, generator, noise_generator)
+        """The weighted synthesis losses of one step on normalised ``images`` (B, 3, H, W)."""
+        x = self.augment(images, progress, generator, noise_generator) if self.augment is not None else images
         fields = ('scores',) if self.ihc_loss is not None else ()
         fields += ('outputs',) if self.psaq_loss is not None else ()
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        # Tasks may offer a lighter forward for synthesis: the prior's outputs only
-        # (``forward_prior``), or just the backbone when a separate prior model gives L_CL.
-        if self.prior is not None:
-            forward = getattr(self.task, 'forward_backbone', self.task.forward_tensor)
-        else:
-            forward = getattr(self.task, 'forward_prior', self.task.forward_tensor)
+        forward = self.task.forward_backbone if self.prior is not None else self.task.forward_prior
         with autocast:
             if fields:
                 with AttentionRecorder(self.teacher, fields=fields) as rec:
@@ -123,6 +172,11 @@ class ImageSynthesizer:
         terms['tv'] = self.beta * self.tv_loss(images)
         return terms
 
+    def start(self, targets: torch.Tensor, seed: int) -> 'SynthesisBatch':
+        """A batch for ``targets`` (B,) from Gaussian noise of seed ``seed``, ready to step."""
+        return SynthesisBatch(self, targets, seed)
+
+    # ------------------------------------------------------------------ one batch
     def synthesize(self, targets: torch.Tensor, seed: int, log_prefix=''):
         """Make one batch of images for ``targets`` (B,) from seed ``seed``.
 
@@ -133,7 +187,7 @@ class ImageSynthesizer:
         """
         for attempt in range(self.max_retries + 1):
             try:
-                return self._synthesize_once(targets, seed + attempt * 1_000_003, log_prefix)
+                return self._optimise(self.start(targets, seed + attempt * 1_000_003), log_prefix)
             except NonFiniteSynthesisError as err:
                 print_log(f'{log_prefix}batch turned non-finite ({err}); redrawing it '
                           f'(attempt {attempt + 1}/{self.max_retries})', logger='current', level=30)
@@ -141,50 +195,67 @@ class ImageSynthesizer:
             f'synthesis kept producing non-finite values after {self.max_retries} redraws; lower '
             'synthesis.lr or the loss weights')
 
-    def _synthesize_once(self, targets, seed, log_prefix):
-        generator = torch.Generator().manual_seed(int(seed))
-        noise_generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        b = targets.shape[0]
-        h, w = self.image_size
-        images = torch.randn(b, 3, h, w, generator=generator).to(self.device)
-        low, high = self.valid_range()
-        images = torch.maximum(torch.minimum(images, high), low)
-        targets = targets.to(self.device)
+    def _optimise(self, batch, log_prefix):
         if not self.recipe['optimise']:
-            return images, {}
-        images.requires_grad_(True)
-        optimizer = torch.optim.Adam([images], lr=self.lr, betas=self.betas)
-        scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.steps, 1))
-                     if self.cosine else None)
+            return batch.images.detach(), {}
         start = time.time()
         terms = {}
         for step in range(self.steps):
-            optimizer.zero_grad(set_to_none=True)
-            terms = self.loss_terms(images, targets, generator, progress=step / max(self.steps, 1),
-                                    noise_generator=noise_generator)
-            total = sum(terms.values())
-            if not torch.isfinite(total):
-                raise NonFiniteSynthesisError(f'loss {total.item()} at step {step}')
-            total.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            with torch.no_grad():
-                images.copy_(torch.maximum(torch.minimum(images, high), low))
-            if self.log_interval and ((step + 1) % self.log_interval == 0 or step + 1 == self.steps):
+            terms = batch.step()
+            last = step + 1 == self.steps
+            if last or (step + 1) % self.check_interval == 0:
+                batch.raise_if_non_finite(step)
+            if self.log_interval and ((step + 1) % self.log_interval == 0 or last):
                 rate = (step + 1) / max(time.time() - start, 1e-9)
-                eta = (self.steps - step - 1) / rate
                 parts = ', '.join(f'{k}: {v.item():.4f}' for k, v in terms.items())
-                print_log(f'{log_prefix}step {step + 1}/{self.steps}  loss {total.item():.4f} ({parts})  '
-                          f'{rate * b:.1f} img-steps/s  batch eta {_fmt_seconds(eta)}', logger='current')
-        if not torch.isfinite(images).all():
+                print_log(f'{log_prefix}step {step + 1}/{self.steps}  loss {sum(terms.values()).item():.4f} '
+                          f'({parts})  {rate * len(batch.targets):.1f} img-steps/s  '
+                          f'batch eta {datetime.timedelta(seconds=int((self.steps - step - 1) / rate))}', logger='current')
+        if not torch.isfinite(batch.images).all():
             raise NonFiniteSynthesisError('images contain non-finite values')
-        return images.detach(), {k: float(v.item()) for k, v in terms.items()}
+        return batch.images.detach(), {k: float(v.item()) for k, v in terms.items()}
 
 
-def _fmt_seconds(seconds):
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f'{h}:{m:02d}:{s:02d}'
+class SynthesisBatch:
+    """The optimisation state of one batch: images, Adam, the learning-rate schedule, the random
+    generators of the augmentation. :meth:`step` is one step of the real loop (what
+    ``tools/benchmark_synthesis.py`` times); it does not wait for the device.
+    """
 
+    def __init__(self, synthesizer: ImageSynthesizer, targets, seed):
+        s = synthesizer
+        self.synthesizer = s
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.noise_generator = torch.Generator(device=s.device).manual_seed(int(seed))
+        h, w = s.image_size
+        self.low, self.high = s.valid_range()
+        images = torch.randn(len(targets), 3, h, w, generator=self.generator).to(s.device)
+        self.images = torch.maximum(torch.minimum(images, self.high), self.low).requires_grad_(True)
+        self.targets = targets.to(s.device)
+        self.optimizer = torch.optim.Adam([self.images], lr=s.lr, betas=s.betas)
+        self.scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(s.steps, 1))
+                          if s.schedule == 'cosine' else None)
+        self.step_index = 0
+        self.finite = torch.ones((), dtype=torch.bool, device=s.device)
+
+    def step(self):
+        """One optimisation step; returns the loss terms (tensors on the device)."""
+        s = self.synthesizer
+        self.optimizer.zero_grad(set_to_none=True)
+        terms = s.loss_terms(self.images, self.targets, self.generator,
+                             progress=(self.step_index % max(s.steps, 1)) / max(s.steps, 1),
+                             noise_generator=self.noise_generator)
+        total = sum(terms.values())
+        self.finite &= torch.isfinite(total.detach())
+        total.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        with torch.no_grad():
+            self.images.copy_(torch.maximum(torch.minimum(self.images, self.high), self.low))
+        self.step_index += 1
+        return terms
+
+    def raise_if_non_finite(self, step):
+        if not bool(self.finite):
+            raise NonFiniteSynthesisError(f'non-finite loss by step {step + 1}')

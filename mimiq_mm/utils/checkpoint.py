@@ -14,6 +14,10 @@ Policy implemented here:
 * Trusted legacy files can be loaded with full unpickling, either per call (``trusted=True``) or for
   the whole process (environment variable ``MIMIQ_TRUSTED_CHECKPOINTS=1``). Only do this for files
   whose origin you trust: full unpickling can execute arbitrary code.
+* A file that fails to load is first checked for damage (empty, truncated, not a ``torch.save``
+  file): that is a :class:`CorruptCheckpointError` naming the file, never the advice to unpickle it.
+* URLs are downloaded into torch.hub's cache only once the file received loads (see
+  :mod:`mimiq_mm.utils.download`); a failed download is one :class:`CheckpointDownloadError` line.
 
 :func:`patch_mmengine_checkpoint_loading` routes mmengine's own loading (``load_checkpoint``,
 ``_load_checkpoint``, ``Runner.load_checkpoint``/``Runner.resume``, ``init_cfg`` pretrained
@@ -21,6 +25,7 @@ weights) through the same policy.
 """
 import functools
 import importlib
+import logging
 import os
 import os.path as osp
 import pickle
@@ -28,6 +33,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, List, Optional
 
 import torch
+
+from .download import cached_checkpoint_path, download_checkpoint, download_error
+from .integrity import checkpoint_damage
 
 TRUST_ENV_VAR = 'MIMIQ_TRUSTED_CHECKPOINTS'
 _TRUE_VALUES = ('1', 'true', 'yes', 'on')
@@ -39,6 +47,17 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     Subclasses :class:`pickle.UnpicklingError` (what ``torch.load`` raises) so existing handlers
     still catch it.
     """
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file is damaged (empty, truncated, altered) or not a ``torch.save`` file at all.
+
+    ``reason`` holds what is wrong with the file, without the advice around it.
+    """
+
+    def __init__(self, message: str, reason: Optional[str] = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 def checkpoints_trusted_by_env() -> bool:
@@ -125,9 +144,11 @@ def _opt_in_hint() -> str:
 
 
 def _opt_in_hint_for_other_schemes() -> str:
-    return (f'If you trust where this file came from, copy it to a local path and load that with '
-            f'the environment variable {TRUST_ENV_VAR}=1 (honoured for local paths and http(s) '
-            f'URLs); full unpickling can run arbitrary code.')
+    # The bytes of these schemes never reach a file here, so damage cannot be told apart from a
+    # forbidden object: a local copy gets both checks.
+    return (f'The file is damaged or holds objects outside the allowlist: copy it to a local path and '
+            f'load that, which tells the two apart (and honours {TRUST_ENV_VAR}=1 for files whose '
+            f'origin you trust).')
 
 
 def _global_name(allowlist_item: Any) -> str:
@@ -161,7 +182,7 @@ def _missing_checkpoint_error(path: str, config_key: str, note: str = '') -> Fil
 
 
 def load_checkpoint_file(path: str, map_location: Any = 'cpu', trusted: bool = False,
-                         config_key: str = 'load_from') -> Any:
+                         config_key: str = 'load_from', source: Optional[str] = None) -> Any:
     """Load a local checkpoint file under the safe-loading policy of this module.
 
     Args:
@@ -169,34 +190,69 @@ def load_checkpoint_file(path: str, map_location: Any = 'cpu', trusted: bool = F
         map_location: forwarded to :func:`torch.load`.
         trusted: load with full unpickling; also enabled by ``MIMIQ_TRUSTED_CHECKPOINTS=1``.
         config_key: the config key that supplied ``path``, named in the missing-file error.
+        source: how to name the file in errors (default ``path``; a URL for downloads).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
+        CorruptCheckpointError: the file is damaged or not a ``torch.save`` file.
         UnsafeCheckpointError: the file holds objects outside the allowlist and was not trusted.
     """
     path = osp.expanduser(str(path))
     if not osp.isfile(path):
         raise _missing_checkpoint_error(path, config_key)
-    if trusted or checkpoints_trusted_by_env():
-        return torch.load(path, map_location=map_location, weights_only=False)
+    weights_only = not (trusted or checkpoints_trusted_by_env())
     try:
+        if not weights_only:
+            return torch.load(path, map_location=map_location, weights_only=False)
         with allowlisted_globals():
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise _unsafe_checkpoint_error(path, error, local_file=path) from error
+    except Exception as error:
+        # Random bytes fail the weights-only unpickler like a forbidden class does, so the file's
+        # structure decides which of the two it is.
+        damage = checkpoint_damage(path, error)
+        if damage is not None:
+            raise CorruptCheckpointError(
+                f'Checkpoint {source or path} is damaged or not a PyTorch checkpoint ({damage}); replace '
+                'it with a complete copy (download or save it again).', reason=damage) from error
+        if weights_only and isinstance(error, pickle.UnpicklingError):
+            raise _unsafe_checkpoint_error(source or path, error, local_file=path) from error
+        raise
 
 
 def load_checkpoint_url(url: str, map_location: Any = None, model_dir: Optional[str] = None,
                         progress: bool = False, trusted: bool = False) -> Any:
-    """Download (once, cached by torch.hub) and load a checkpoint URL under the same policy."""
-    weights_only = not (trusted or checkpoints_trusted_by_env())
+    """Load a checkpoint URL under the same policy, downloading it into torch.hub's cache once.
+
+    A cached copy that turns out damaged is deleted and downloaded again; a new download enters
+    the cache only after it has loaded, so an interrupted one never passes for complete.
+
+    Raises:
+        CheckpointDownloadError: the URL cannot be fetched, or what arrived is incomplete.
+        UnsafeCheckpointError: as :func:`load_checkpoint_file` (the file is cached all the same,
+            so that the trust opt-in does not download it again).
+    """
+    cached = cached_checkpoint_path(url, model_dir)
+    if osp.isfile(cached):
+        try:
+            return load_checkpoint_file(cached, map_location, trusted, source=f'{cached} (from {url})')
+        except CorruptCheckpointError as error:
+            os.remove(cached)
+            from mmengine.logging import print_log
+            print_log(f'{error} Removed it; downloading again.', logger='current', level=logging.WARNING)
+    pending = download_checkpoint(url, cached, progress)
     try:
-        with allowlisted_globals():
-            return torch.hub.load_state_dict_from_url(
-                url, model_dir=model_dir, map_location=map_location, progress=progress,
-                weights_only=weights_only)
-    except pickle.UnpicklingError as error:
-        raise _unsafe_checkpoint_error(url, error) from error
+        checkpoint = load_checkpoint_file(pending, map_location, trusted, source=url)
+    except CorruptCheckpointError as error:
+        os.remove(pending)
+        raise download_error(url, cached, f'the file received is incomplete or damaged ({error.reason})') from error
+    except UnsafeCheckpointError:
+        os.replace(pending, cached)
+        raise
+    except BaseException:
+        os.remove(pending)
+        raise
+    os.replace(pending, cached)
+    return checkpoint
 
 
 # ----------------------------------------------------------------------------- mmengine patch

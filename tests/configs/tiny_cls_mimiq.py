@@ -11,7 +11,7 @@ model = dict(
 data_preprocessor = dict(num_classes=4)
 train_cfg = dict(
     synthesis=dict(num_images=8, batch_size=4, steps=2, image_size=16, log_interval=1),
-    batch_size=4, max_iters=10, calibration_batches=1, num_workers=0, val_interval=5)
+    batch_size=4, max_iters=10, calibration_batches=1, val_interval=5)
 param_scheduler = [dict(type='ConstantLR', by_epoch=False, factor=1.0)]
 optim_wrapper = dict(optimizer=dict(lr=1e-3))  # the paper's lr
 default_hooks = dict(checkpoint=dict(interval=5, max_keep_ckpts=3), logger=dict(interval=1))

@@ -1,6 +1,8 @@
 """Swin window attention with a relative position bias table: timm ``WindowAttention`` and the
 ``WindowMSA`` of mmpretrain, mmdet and mmseg (same parameters: ``qkv``, ``proj``,
 ``relative_position_bias_table``, ``relative_position_index``)."""
+from mmengine.utils import to_2tuple
+
 from .base import AttentionAdapter, is_instance_of
 from .vit_qkv import merge_heads, split_heads
 
@@ -10,10 +12,6 @@ WINDOW_CLASSES = (
     'mmdet.models.backbones.swin.WindowMSA',
     'mmseg.models.backbones.swin.WindowMSA',
 )
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 class WindowAttentionAdapter(AttentionAdapter):
@@ -26,7 +24,8 @@ class WindowAttentionAdapter(AttentionAdapter):
     def core_geometry(self, module, parent):
         # The shift lives on the parent: mm ShiftWindowMSA.shift_size or timm SwinTransformerBlock.
         shift = getattr(parent, 'shift_size', 0) if parent is not None else 0
-        return dict(num_heads=module.num_heads, window_size=_pair(module.window_size), shift_size=_pair(shift))
+        return dict(num_heads=module.num_heads, window_size=tuple(to_2tuple(module.window_size)),
+                    shift_size=tuple(to_2tuple(shift)))
 
     @staticmethod
     def forward(module, x, mask=None):

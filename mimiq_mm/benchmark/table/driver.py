@@ -1,0 +1,267 @@
+"""The benchmark driver: runs the units of a plan that are not done yet, within a time budget,
+records each, and writes the report."""
+import os
+import os.path as osp
+import shlex
+import statistics
+import sys
+import time
+import traceback
+
+from mmengine.utils.dl_utils import collect_env
+
+from ...synthesis import file_sha256
+from .plan import Unit, make_plan, selected
+from .report import fmt_seconds, markdown, run_checks, summarise
+from .state import EVAL_RECORD, RECORD, WorkDir, fingerprint, jsonable, now_iso, read_json, write_json
+from .stages import UnitRunner
+
+_SHA = {}
+
+
+def cached_sha256(path):
+    """sha256 of a file, remembered per (path, size, mtime): teacher files are hashed for every unit."""
+    if not path or not osp.isfile(path):
+        return None
+    stat = os.stat(path)
+    key = (osp.abspath(path), stat.st_size, stat.st_mtime)
+    if key not in _SHA:
+        _SHA[key] = file_sha256(path)
+    return _SHA[key]
+
+
+def device_words():
+    import torch
+    if torch.cuda.is_available():
+        return f'{torch.cuda.get_device_name(0)}, torch {torch.__version__}'
+    return f'CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads), torch {torch.__version__}'
+
+
+class Benchmark:
+    """One invocation of a benchmark.
+
+    Args:
+        recipe (Recipe): recipe and scale.
+        work_dir (str): the work directory.
+        teachers (dict): {name: dict(label, config, checkpoint)}.
+        rows, bits, seeds: the selection.
+        stages (list[str]), only (list[str]): which units run (see :func:`selected`).
+        data_root (str | None), image_size: see :class:`UnitRunner`.
+        time_budget (float | None): seconds from now after which no unit starts and running ones
+            stop cleanly (resumable); ``reserve`` seconds are kept for the report.
+        workers (int): dataloader workers.
+        command (list[str]): the command line (recorded).
+        fail_fast (bool): stop at the first failing unit.
+    """
+
+    def __init__(self, recipe, work_dir, teachers, rows, bits, seeds, stages, only=(), data_root=None,
+                 image_size=None, time_budget=None, reserve=20.0, workers=0, command=(), fail_fast=False):
+        self.recipe, self.teachers = recipe, teachers
+        self.rows, self.bits, self.seeds = rows, bits, seeds
+        self.stages, self.only, self.fail_fast = list(stages), list(only), fail_fast
+        self.work = WorkDir(work_dir)
+        self.data_root = osp.abspath(data_root) if data_root else None
+        self.start = time.time()
+        self.deadline = self.start + time_budget - reserve if time_budget else None
+        self.log_path = osp.join(self.work.root, 'logs', 'driver.log')
+        os.makedirs(osp.dirname(self.log_path), exist_ok=True)
+        self.units = UnitRunner(recipe, self.work, teachers, self.data_root, image_size or recipe.raw['image_size'],
+                                self.deadline, workers, self.log)
+        self.plan = make_plan(teachers, recipe.rows, recipe.sets, rows, bits, seeds, recipe.seeds_of)
+        self.counts = dict(ran=[], skipped=[], deferred=[], blocked=[], failed=[], partial=[])
+        self.meta = self._open(command)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def log(self, msg):
+        line = f'[bench] {msg}'
+        print(line, flush=True)
+        with open(self.log_path, 'a') as f:
+            f.write(f'{time.strftime("%H:%M:%S")} {line}\n')
+
+    def _open(self, command):
+        path = osp.join(self.work.root, 'bench.json')
+        meta = read_json(path) or dict(benchmark=self.recipe.name, scale=self.recipe.scale_name, created=now_iso(),
+                                       invocations=[], timings={})
+        if meta.get('scale') != self.recipe.scale_name:
+            raise ValueError(f'{self.work.root} holds a benchmark at scale {meta.get("scale")!r}, not '
+                             f'{self.recipe.scale_name!r}; give another --work-dir (two scales do not mix)')
+        self.invocation = dict(command=' '.join(shlex.quote(c) for c in command), started=now_iso(),
+                               scale=self.recipe.scale_name, overrides=self.recipe.overrides, stages=self.stages,
+                               only=self.only, device=device_words(),
+                               environment={k: str(v) for k, v in collect_env().items()
+                                            if k in ('sys.platform', 'Python', 'PyTorch', 'MMEngine', 'GPU 0')})
+        meta['invocations'].append(self.invocation)
+        if self.data_root:
+            meta['data_root'] = self.data_root
+        write_json(path, meta)
+        self.log(f'benchmark {self.recipe.name!r}, scale {self.recipe.scale_name!r} '
+                 f'({self.recipe.scale.get("description", "")}); work dir {self.work.root}; '
+                 f'{self.invocation["device"]}')
+        return meta
+
+    def save_meta(self):
+        write_json(osp.join(self.work.root, 'bench.json'), self.meta)
+
+    def settings(self, unit):
+        return self.units.settings(unit, cached_sha256)
+
+    def status(self, unit, deps=True):
+        """'done' (its output exists, made with the current settings), 'blocked' (a dependency is
+        not done), 'stale' (done with other settings) or 'todo'."""
+        rec = self.work.record(unit)
+        images_left_behind = unit.kind == 'synth' and not osp.isfile(osp.join(self.work.unit_dir(unit), 'manifest.json'))
+        if rec is None or images_left_behind:
+            own = 'todo'
+        else:
+            own = 'done' if rec.get('settings_hash') == fingerprint(self.settings(unit)) else 'stale'
+        if own == 'done' or not deps:
+            return own
+        return 'blocked' if any(self.status(d) != 'done' for d in unit.deps) else own
+
+    def estimate(self, unit):
+        """Seconds a unit is expected to take: the median of earlier runs, else the scale's guess."""
+        timings = self.meta.get('timings', {})
+        for key in (f'{unit.kind}/{unit.teacher}/{unit.row or unit.set_name or ""}', f'{unit.kind}/{unit.teacher}',
+                    unit.kind):
+            if timings.get(key):
+                return statistics.median(timings[key])
+        return float(self.recipe.scale.get('estimates', {}).get(unit.kind, 60))
+
+    def fits(self, unit):
+        if self.deadline is None or unit.kind == 'synth':  # a set is made batch by batch: a part is progress
+            return True
+        return self.deadline - time.time() >= self.estimate(unit)
+
+    # ------------------------------------------------------------------ running
+    def skip_reason(self, unit):
+        status = self.status(unit)
+        if status == 'done':
+            return 'done'
+        if unit.kind == 'synth' and not self.needed(unit):
+            return 'every unit that uses this set is done'
+        if status == 'blocked':
+            return 'blocked: needs ' + ', '.join(d.name for d in unit.deps if self.status(d) != 'done')
+        if not self.fits(unit):
+            return (f'deferred: about {fmt_seconds(self.estimate(unit))} needed, '
+                    f'{fmt_seconds(max(0.0, self.deadline - time.time()))} left')
+        return None
+
+    def needed(self, unit):
+        """Whether a unit that depends on ``unit`` (a synthetic set) still has to run."""
+        return any(unit in u.deps and self.status(u, deps=False) != 'done' for u in self.plan
+                   if u.kind in ('quant', 'synth'))
+
+    def execute(self):
+        for unit in self.plan:
+            self.units.forget(keep_key=unit.key)
+            if not selected(unit, self.stages, self.only):
+                continue
+            reason = self.skip_reason(unit)
+            if reason:
+                self.log(f'skipped {unit.name}: {reason}')
+                self.counts['blocked' if reason.startswith('blocked') else 'deferred'
+                            if reason.startswith('deferred') else 'skipped'].append(unit.name)
+                continue
+            if self.status(unit, deps=False) == 'stale':
+                self.log(f'{unit.name}: settings changed since it was done; redoing it')
+                self.work.clear(unit)
+            self.claim(unit)
+            self.log(f'running {unit.name}')
+            start = time.time()
+            try:
+                result = self.units.run(unit)
+            except Exception as err:  # noqa: BLE001  (one failing unit must not stop the table)
+                self.units.live_runners.pop(unit.key, None)
+                with open(osp.join(self.work.unit_dir(unit), f'error_{unit.kind}.txt'), 'w') as f:
+                    f.write(traceback.format_exc())
+                self.log(f'FAILED {unit.name}: {type(err).__name__}: {err}')
+                self.counts['failed'].append(unit.name)
+                if self.fail_fast:
+                    raise
+                continue
+            seconds = time.time() - start
+            if result is None:
+                self.counts['partial'].append(unit.name)
+                self.log(f'stopped {unit.name} at the time budget after {fmt_seconds(seconds)} (resumable)')
+                continue
+            self.counts['ran'].append(unit.name)
+            self.meta['timings'].setdefault(f'{unit.kind}/{unit.teacher}/{unit.row or unit.set_name or ""}',
+                                            []).append(round(seconds, 2))
+            self.save_meta()
+            write_json(self.work.record_path(unit), dict(
+                result, kind=unit.kind, key=unit.key, teacher=unit.teacher, row=unit.row, bits=unit.bits,
+                seed=unit.seed, settings=jsonable(self.settings(unit)), settings_hash=fingerprint(self.settings(unit)),
+                seconds=round(seconds, 2), finished=now_iso(), device=self.invocation['device'],
+                command=self.invocation['command']))
+            self.log(f'finished {unit.name} in {fmt_seconds(seconds)}')
+            if unit.kind == 'eval':
+                self.report(quiet=True)
+        self.units.forget()
+
+    def claim(self, unit):
+        """Mark the unit's folder with the settings it runs with; partial output (synthetic
+        batches, resume checkpoints) of a run with other settings is removed, not resumed."""
+        os.makedirs(self.work.unit_dir(unit), exist_ok=True)
+        if unit.kind in ('eval', 'teacher'):
+            return
+        path = osp.join(self.work.unit_dir(unit), 'unit_settings.json')
+        current = fingerprint(self.settings(unit))
+        previous = (read_json(path) or {}).get('settings_hash')
+        if previous and previous != current:
+            self.log(f'{unit.name}: partial output from a run with other settings; starting over')
+            self.work.clear(unit)
+            os.makedirs(self.work.unit_dir(unit), exist_ok=True)
+        write_json(path, dict(settings_hash=current, settings=jsonable(self.settings(unit))))
+
+    # ------------------------------------------------------------------ report
+    def report(self, quiet=False):
+        self.invocation['seconds'] = round(time.time() - self.start, 1)
+        self.save_meta()
+        teachers = {r['teacher']: r for r in self.work.all_records(f'*/teacher/{EVAL_RECORD}')}
+        results = self.work.all_records(f'*/runs/*/{EVAL_RECORD}')
+        sets = {r['key']: r for r in self.work.all_records(f'*/synthetic/*/{RECORD}')}
+        summary = summarise(results, self.recipe.metrics)
+        labels = {name: row['label'] for name, row in self.recipe.rows.items()}
+        labels['fp'] = 'FP teacher'
+        planned = [u for u in self.plan if u.kind == 'eval' and u.row]
+        missing = [u.key for u in planned if not osp.isfile(self.work.record_path(u))]
+        bits_seen = {r['bits'] for r in results}
+        order = self.recipe.raw.get('all_bits', [])
+        bits = [b for b in order if b in self.bits or b in bits_seen]
+        bits += sorted((set(self.bits) | bits_seen) - set(order))
+        data = dict(
+            benchmark=self.recipe.name, scale=self.recipe.scale_name,
+            scale_description=self.recipe.scale.get('description'), scale_settings=jsonable(self.recipe.scale),
+            scale_overrides=self.recipe.overrides, recipe=self.recipe.path, data_root=self.meta.get('data_root'),
+            complete=not missing, missing=missing, generated=now_iso(), work_dir=self.work.root,
+            teachers={t: dict(metrics=r.get('metrics'), train=(self.work.record(Unit('teacher', t)) or {}))
+                      for t, r in teachers.items()},
+            teacher_names=list(dict.fromkeys(list(self.teachers) + list(teachers) + list(summary))),
+            rows=[r for r in self.recipe.rows if r in self.rows or any(r in s for s in summary.values())],
+            bits=bits, metrics=self.recipe.metrics, summary=summary, results=results, synthetic_sets=sets,
+            checks=run_checks(self.recipe.checks, summary, teachers, self.recipe.metrics, labels),
+            invocations=self.meta.get('invocations', []), timings=self.meta.get('timings', {}))
+        write_json(osp.join(self.work.root, 'results.json'), data)
+        text = markdown(data, labels, {t: spec['label'] for t, spec in self.teachers.items()})
+        with open(osp.join(self.work.root, 'results.md'), 'w') as f:
+            f.write(text)
+        if not quiet:
+            print(text, flush=True)
+            self.log(f'wrote {osp.join(self.work.root, "results.md")} and results.json')
+        return data
+
+    def close(self, rc):
+        self.invocation.update(seconds=round(time.time() - self.start, 1), finished=now_iso(), exit_code=rc,
+                               **{k: len(v) for k, v in self.counts.items()})
+        self.save_meta()
+
+
+def main_guard(fn):
+    """Run ``fn()``; bad input (ValueError, FileNotFoundError) ends with one line and status 2."""
+    try:
+        return fn()
+    except (ValueError, FileNotFoundError) as err:
+        if os.environ.get('MIMIQ_DEBUG'):
+            raise
+        print(f'error: {err}', file=sys.stderr)
+        return 2

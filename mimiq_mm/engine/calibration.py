@@ -1,0 +1,33 @@
+"""Initialising the student's activation quantizers before fine-tuning (post-training
+quantization is this step alone)."""
+import torch
+from mmengine.dist import broadcast, is_distributed
+from mmengine.logging import print_log
+
+
+def first_batches(loader, num_batches: int):
+    """The first ``num_batches`` batches of ``loader``'s dataset in order, collated as the loader
+    collates (calibration sees the same images on every run, whatever the training shuffle)."""
+    ordered = torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+                                          collate_fn=loader.collate_fn)
+    batches = []
+    for data in ordered:
+        if len(batches) >= num_batches:
+            break
+        batches.append(data)
+    return batches
+
+
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank ``src``'s parameters and buffers (ranks calibrated on different images)."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        broadcast(tensor.data, src=src)
+
+
+def calibrate_student(distiller, batches) -> None:
+    """Calibrate ``distiller.student``'s activation quantizers on ``batches`` of data (as the
+    loader yields them), then make all ranks agree on the result."""
+    distiller.calibrate([distiller.data_preprocessor(data, False)['inputs'] for data in batches])
+    if is_distributed():
+        broadcast_module_state(distiller.student)
+    print_log(f'calibrated activation quantizers on {len(batches)} batches', logger='current')
