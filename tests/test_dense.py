@@ -221,6 +221,7 @@ def check_metric(metrics, key):
 
 
 # ---------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_mask_rcnn_swin_train_and_test(tmp_path):
     cfg = make_tiny(tmp_path, MASK_RCNN_CFG, TINY_MASK_RCNN, 'coco', TINY_TASK['detection'])
     work = str(tmp_path / 'work')
@@ -240,6 +241,7 @@ def test_mask_rcnn_swin_train_and_test(tmp_path):
             assert metrics[key] == pytest.approx(validated[key], abs=1e-3), (name, key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('base,arch,mm_test', [
     (UPERNET_SWIN_CFG, TINY_UPERNET_SWIN, True),
     (UPERNET_DEIT_CFG, TINY_UPERNET_DEIT, False),
