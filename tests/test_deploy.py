@@ -155,6 +155,26 @@ def test_4bit_weights_as_int4_or_int8_codes(tmp_path):
     assert_parity(q, int8['path'], size, bits=4)  # INT4: the 4-bit parity tests above
 
 
+@pytest.mark.parametrize('bits', [8, 4])
+def test_openvino_runs_the_exported_file_as_onnx_runtime_does(tmp_path, bits):
+    """The second runtime reads the same Q/DQ file and computes the same student."""
+    pytest.importorskip('openvino')
+    from mimiq_mm.deploy.runtime import openvino_model, ort_session, run
+    q, size = student(tiny_vit, bits)
+    path = export_onnx(q, str(tmp_path / 'vit.onnx'), input_size=size, int4_weights=False)['path']
+    x = images(size, n=8, seed=5)
+    with torch.no_grad():
+        ours = q(x).numpy()
+    theirs = openvino_model(path)(x)[0]
+    reference = run(ort_session(path), x)[0]
+    assert theirs.shape == ours.shape
+    assert (theirs.argmax(1) == ours.argmax(1)).all()
+    # both runtimes land within a few quantization steps of the logits' range of each other
+    tolerance = (1e-2 if bits == 8 else 0.15) * np.abs(ours).max()
+    assert np.abs(theirs - reference).max() < tolerance
+    assert np.abs(theirs - ours).max() < tolerance
+
+
 def test_export_mode_changes_nothing_outside_the_context():
     q, size = student(tiny_vit, 4, 'lsq')
     x = images(size)

@@ -12,7 +12,7 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 CACHE=${MIMIQ_WHEEL_CACHE:-$HOME/.cache/mimiq_mm/wheels}
 MMCV_VERSION=2.1.0
-STAMP="$VENV/.mimiq_stack_v3"
+STAMP="$VENV/.mimiq_stack_v4"
 
 if [ -f "$STAMP" ]; then
   exit 0
@@ -51,7 +51,7 @@ $PIP install -q "mmengine==0.10.7" "mmdet==3.3.0" "mmsegmentation==1.2.2" "mmpre
   "timm>=1.0.20,<1.1" "pytorch-msssim==1.0.0" ftfy regex "numpy<2" opencv-python-headless \
   scikit-learn matplotlib pytest pycocotools shapely terminaltables tensorboard "mlxtend>=0.23,<0.25"
 # The deploy extra (ONNX export and ONNX Runtime), with numpy<2 so that onnx's ml_dtypes stays on 0.5.x.
-$PIP install -q "onnx>=1.17" "onnxscript>=0.5" "onnxruntime>=1.20" "numpy<2"
+$PIP install -q "onnx>=1.17" "onnxscript>=0.5" "onnxruntime>=1.20" "openvino>=2025.0" "numpy<2"
 # torch wants setuptools >= 77; mmengine still imports pkg_resources, gone after setuptools 80.
 $PIP install -q "setuptools>=77,<81"
 # mmcv declares opencv-python; the headless build provides the same cv2 module.

@@ -8,6 +8,7 @@ this single-threaded process, median over rounds), at each batch size:
 * ``ort_fp32``: the full-precision model exported to ONNX, in ONNX Runtime;
 * ``ort_mimiq``: the student exported by ``mimiq_mm.deploy`` (Q/DQ with its own scales);
 * ``ort_mimiq_int8w``: the same with 2–4-bit weight codes kept in int8 (only below 8-bit weights);
+* ``ov_*`` (``--openvino``): the FP32 and exported files compiled by OpenVINO (CPU, one thread);
 * ``ort_static``: ONNX Runtime's static W8A8 quantization of ``ort_fp32`` (its pre-processing,
   then QDQ with per-channel weights on MatMul/Gemm/Conv, min-max calibration on the student's
   calibration images), the limit of its integer kernels.
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument('--opset', type=int, default=21)
     p.add_argument('--work-dir', default='work_dirs/deploy_bench', help='where the .onnx files go')
     p.add_argument('--out', help='JSON path (default benchmarks/results/onnx_<model>_w<W>a<A>.json)')
+    p.add_argument('--openvino', action='store_true', help='also time the FP32 and exported files in OpenVINO '
+                                                            '(`pip install -e .[openvino]`)')
     args = p.parse_args(argv)
     if bool(args.timm_model) == bool(args.config):
         p.error('give either CONFIG CHECKPOINT or --timm-model')
@@ -124,7 +127,7 @@ def main(argv=None):
     import torch
     from mimiq_mm.deploy import ExportWrapper, export_onnx, require_deploy_packages
     from mimiq_mm.deploy.parity import compare_outputs
-    from mimiq_mm.deploy.runtime import integer_ops, optimized_op_counts, ort_session, run
+    from mimiq_mm.deploy.runtime import integer_ops, openvino_model, optimized_op_counts, ort_session, run
     from mimiq_mm.benchmark.timing import environment
     require_deploy_packages()
     torch.set_num_threads(1)
@@ -142,6 +145,8 @@ def main(argv=None):
         export_onnx(student, files['ort_mimiq_int8w'], input_size=size, opset=args.opset, int4_weights=False)
     ort_static_quantize(files['ort_fp32'], files['ort_static'], size)
     sessions = {key: ort_session(path) for key, path in files.items()}
+    openvino = {key.replace('ort_', 'ov_'): openvino_model(files[key])
+                for key in ('ort_fp32', 'ort_mimiq', 'ort_mimiq_int8w') if args.openvino and key in files}
     fp_wrapper, q_wrapper = ExportWrapper(fp).eval(), ExportWrapper(student).eval()
     result = dict(model=name, w_bits=args.w_bits, a_bits=args.a_bits, act_method=args.act_method,
                   input_size=list(size), opset=args.opset, rounds=args.rounds, warmup=args.warmup,
@@ -151,6 +156,14 @@ def main(argv=None):
                   parity=compare_outputs(student, files['ort_mimiq'],
                                          [calibration_images(size, seed=s) for s in (2, 3)]),
                   timings={})
+    if openvino:  # the exported file in OpenVINO against the PyTorch student, as for ONNX Runtime
+        probe = [calibration_images(size, seed=s) for s in (2, 3)]
+        with torch.no_grad():
+            ours = [q_wrapper(x).argmax(1).numpy() for x in probe]
+        theirs = [openvino['ov_mimiq'](x)[0].argmax(1) for x in probe]
+        result['parity_openvino'] = dict(images=sum(len(a) for a in ours), top1_agreement=float(
+            sum((a == b).sum() for a, b in zip(ours, theirs)) / sum(len(a) for a in ours)))
+        result['environment_openvino'] = __import__('openvino').__version__
     for batch in args.batches:
         images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(batch))
         array = images.numpy()
@@ -162,6 +175,7 @@ def main(argv=None):
             return call
         calls = dict(torch_fp32=torch_call(fp_wrapper), torch_fakequant=torch_call(q_wrapper))
         calls.update({key: (lambda s=s: run(s, array)) for key, s in sessions.items()})
+        calls.update({key: (lambda m=m: m(array)) for key, m in openvino.items()})
         result['timings'][f'batch_{batch}'] = time_candidates(calls, args.rounds, args.warmup)
     command = 'python tools/deploy/benchmark_onnx.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     result['environment'] = environment('cpu', command.split())
@@ -186,7 +200,7 @@ def format_table(result):
             t = result['timings'][b]
             speedup = t['ort_fp32']['ms_median'] / t[key]['ms_median']
             cells.append(f"{t[key]['ms_median']:.1f} ({speedup:.2f}× faster)")
-        info = result['files'].get(key)
+        info = result['files'].get(key.replace('ov_', 'ort_'))
         size = f"{info['bytes'] / 2 ** 20:.1f} ({info['bytes'] / fp32_bytes:.2f})" if info else '-'
         ops = ', '.join(f'{op} {n}' for op, n in result['integer_ops'].get(key, {}).items()) or '-'
         lines.append(f'| {key} | ' + ' | '.join(cells) + f' | {size} | {ops} |')
