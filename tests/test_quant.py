@@ -172,6 +172,38 @@ def test_lsq_initialises_from_first_batch():
     assert torch.isclose(q.step.detach(), 2 * positive.mean() / math.sqrt(255))
 
 
+@pytest.mark.parametrize('bits', [8, 4, 3])
+def test_lsq_minmax_init_starts_where_min_max_ptq_ends(bits):
+    """LSQ+ initialisation: after the same calibration batches, the LSQ quantizer computes exactly
+    what the min-max quantizer computes, so fine-tuning starts from the PTQ state; the LSQ paper's
+    initialisation (symmetric, 2 mean|x| / sqrt(q_max)) does not, on an asymmetric activation."""
+    g = torch.Generator().manual_seed(1)
+    batches = [F.gelu(torch.randn(16, 64, generator=g) * 2) + 0.1 * i for i in range(3)]  # small negative tail
+    minmax, lsq_plus, lsq = MinMaxActQuantizer(bits), LSQActQuantizer(bits, init='minmax'), LSQActQuantizer(bits)
+    for q in (minmax, lsq_plus, lsq):
+        q.observing = True
+        for b in batches:
+            q(b)
+        q.observing = False
+        q.eval()  # min-max quantizers also follow the input in training mode
+    probe = torch.cat(batches)
+    assert not bool(lsq_plus.signed_flag) and lsq_plus.q_min == 0
+    torch.testing.assert_close(lsq_plus(probe), minmax(probe), rtol=0, atol=1e-6)
+    assert (lsq(probe) - minmax(probe)).abs().max() > 1e-3
+    # outside calibration the range stays put, and the step/offset are learnable parameters
+    before = lsq_plus.step.detach().clone()
+    lsq_plus(probe * 10)
+    assert torch.equal(lsq_plus.step.detach(), before) and lsq_plus.step.requires_grad
+
+
+def test_lsq_init_is_a_quant_option():
+    model = quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), w_bits=4, a_bits=4, act_method='lsq',
+                           lsq_init='minmax', quantize_attention=False)
+    assert [m.init for m in model.modules() if isinstance(m, LSQActQuantizer)] == ['minmax']
+    with pytest.raises(ValueError, match='lsq_init'):
+        QuantConfig(lsq_init='percentile')
+
+
 def test_lsq_gradients_match_lsq_formulas():
     g = torch.Generator().manual_seed(0)
     q = LSQActQuantizer(4)

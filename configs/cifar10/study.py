@@ -50,6 +50,9 @@ rows = dict(
     ihc_1k=dict(label='IHC 1,024 images + KL', data='mimiq_1k', had=False),
     mimiq_best=dict(label='MimiQ, best student on held-out synthetic images', data='mimiq', had=True,
                     keep_best=True),
+    # LSQ quantizers initialised from the min-max range (LSQ+): fine-tuning starts at min-max PTQ
+    mimiq_lsqplus=dict(label='MimiQ, LSQ+ initialisation (starts at min-max PTQ)', data='mimiq', had=True,
+                       cfg_options={'model.quant.lsq_init': 'minmax'}),
 )
 
 checks = [

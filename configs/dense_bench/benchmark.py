@@ -37,6 +37,9 @@ rows = dict(
     base=dict(label='Base synthesis (task prior + TV) + task KD', data='base', had=False),
     mimiq=dict(label='MimiQ (IHC + task prior + TV, task KD + HAD)', data='mimiq', had=True),
     real_ft=dict(label='Real-data FT (same QAT recipe, train split)', data='real', had=True),
+    # issue 16: LSQ quantizers initialised from the min-max range (LSQ+), so fine-tuning starts at PTQ
+    mimiq_lsqplus=dict(label='MimiQ, LSQ+ initialisation (fine-tuning starts at min-max PTQ)', data='mimiq',
+                       had=True, cfg_options={'model.quant.lsq_init': 'minmax'}),
 )
 
 headline_bits = ['w4a4']

@@ -17,8 +17,8 @@ import torch.nn as nn
 from ..attention import AttentionCore, install_attention_capture
 from ..attention.adapters import PackedInProjection
 from .modules import to_quant_module
-from .quantizers import (ACT_QUANTIZERS, LSQActQuantizer, MinMaxActQuantizer, WeightQuantizer, _Quantizer,
-                         build_act_quantizer, check_bits)
+from .quantizers import (ACT_QUANTIZERS, LSQ_INITS, LSQActQuantizer, MinMaxActQuantizer, WeightQuantizer,
+                         _Quantizer, build_act_quantizer, check_bits)
 
 
 @dataclass
@@ -29,6 +29,8 @@ class QuantConfig:
         w_bits (int): weight bits, 2–8.
         a_bits (int): activation bits, 2–8 (attention matmul inputs included).
         act_method (str): 'minmax' (EMA-calibrated) or 'lsq' (learnable step/offset).
+        lsq_init (str): how LSQ quantizers start: 'mean_abs' (LSQ, the notes' lineage) or
+            'minmax' (LSQ+: the min-max PTQ range, so fine-tuning starts from PTQ).
         keep_first_last_8bit (bool): keep the first and last layer at 8 bits.
         quantize_attention (bool): quantize both inputs of both attention matmuls.
         skip (Sequence[str]): regexes of module names left in floating point.
@@ -36,6 +38,7 @@ class QuantConfig:
     w_bits: int = 4
     a_bits: int = 4
     act_method: str = 'minmax'
+    lsq_init: str = 'mean_abs'
     keep_first_last_8bit: bool = False
     quantize_attention: bool = True
     skip: Sequence[str] = field(default_factory=tuple)
@@ -45,6 +48,8 @@ class QuantConfig:
         check_bits(self.a_bits, 'a_bits (activation bit-width)')
         if self.act_method not in ACT_QUANTIZERS:
             raise ValueError(f'act_method must be one of {sorted(ACT_QUANTIZERS)} (got {self.act_method!r})')
+        if self.lsq_init not in LSQ_INITS:
+            raise ValueError(f'lsq_init must be one of {list(LSQ_INITS)} (got {self.lsq_init!r})')
 
     @classmethod
     def from_any(cls, cfg):
@@ -83,7 +88,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         a_bits = 8 if edge and cfg.keep_first_last_8bit else cfg.a_bits
         weight_q = WeightQuantizer(w_bits)
         # The raw image entering the first layer stays in floating point.
-        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method)
+        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method, cfg.lsq_init)
         if isinstance(module, PackedInProjection):
             module.weight_quantizer, module.input_quantizer = weight_q, input_q
         else:
@@ -92,7 +97,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         for name, core in model.named_modules():
             if isinstance(core, AttentionCore) and not any(p.search(name) for p in skip):
                 for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
-                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method))
+                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method, cfg.lsq_init))
     model.__dict__['_mimiq_quant_cfg'] = cfg
     return model
 

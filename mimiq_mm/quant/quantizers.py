@@ -330,17 +330,31 @@ class MinMaxActQuantizer(ActQuantizer):
         return self.qparams()
 
 
+LSQ_INITS = ('mean_abs', 'minmax')
+
+
 class LSQActQuantizer(ActQuantizer):
     """Per-tensor activation quantizer with learnable step and offset (LSQ, LSQ+).
 
-    Initialised from the first batch: the signedness from the batch minimum, the step as
-    ``2 * mean|x| / sqrt(q_max)`` and the offset 0. Gradients of step and offset are scaled by
-    ``1 / sqrt(numel * q_max)`` as in LSQ.
+    Initialised on the calibration batches, by ``init``:
+
+    * ``'mean_abs'`` (LSQ; the implementation notes' lineage): from the first batch, signed if its
+      minimum is negative, step ``2 * mean|x| / sqrt(q_max)``, offset 0;
+    * ``'minmax'`` (LSQ+): the step and offset of :class:`MinMaxActQuantizer` over every
+      calibration batch (EMA with ``momentum``): an unsigned range with an offset, so that
+      fine-tuning starts from the min-max PTQ state instead of a symmetric range that spends
+      half its levels below an activation's small negative tail.
+
+    Gradients of step and offset are scaled by ``1 / sqrt(numel * q_max)`` as in LSQ.
     """
 
-    def __init__(self, bits, learn_offset=True):
+    def __init__(self, bits, learn_offset=True, init='mean_abs', momentum=0.1):
         super().__init__(bits, signed=False)
+        if init not in LSQ_INITS:
+            raise ValueError(f'unknown LSQ initialisation {init!r}; choose one of {list(LSQ_INITS)}')
         self.learn_offset = learn_offset
+        self.init, self.momentum = init, momentum
+        self._range = None  # (min, max) EMA of the calibration batches for init='minmax' (not saved)
         self.observing = False
         self.step = nn.Parameter(torch.ones(()))
         self.offset = nn.Parameter(torch.zeros(()), requires_grad=learn_offset)
@@ -358,9 +372,20 @@ class LSQActQuantizer(ActQuantizer):
     @torch.no_grad()
     def initialize(self, x):
         x = x.detach().float()
-        self.signed_flag.fill_(bool(x.min() < 0))
-        self.step.copy_((2 * x.abs().mean() / math.sqrt(self.q_max)).clamp_min(1e-6))
-        self.offset.zero_()
+        if self.init == 'minmax':
+            lo, hi = torch.aminmax(x)
+            if bool(self.initialized) and self._range is not None:
+                lo, hi = self._range[0].lerp(lo, self.momentum), self._range[1].lerp(hi, self.momentum)
+            self._range = (lo, hi)
+            self.signed_flag.fill_(False)
+            lo, hi = lo.clamp_max(0), hi.clamp_min(0)
+            step = ((hi - lo) / self.q_max).clamp_min(1e-6)
+            self.step.copy_(step)
+            self.offset.copy_(torch.round(-lo / step))
+        else:
+            self.signed_flag.fill_(bool(x.min() < 0))
+            self.step.copy_((2 * x.abs().mean() / math.sqrt(self.q_max)).clamp_min(1e-6))
+            self.offset.zero_()
         self.initialized.fill_(True)
 
     def qparams(self, numel=1):
@@ -372,7 +397,7 @@ class LSQActQuantizer(ActQuantizer):
         return step, offset
 
     def qparams_for(self, x):
-        if not bool(self.initialized):
+        if not bool(self.initialized) or (self.observing and self.init == 'minmax'):
             self.initialize(x)
         if torch.is_grad_enabled() and (self.step.requires_grad or self.offset.requires_grad):
             return self.qparams(x.numel())
@@ -380,14 +405,14 @@ class LSQActQuantizer(ActQuantizer):
         return self.memo((self.step, self.offset, self.signed_flag), self.qparams)
 
     def extra_repr(self):
-        return f'bits={self.bits}, learn_offset={self.learn_offset}, enabled={self.enabled}'
+        return f'bits={self.bits}, learn_offset={self.learn_offset}, init={self.init}, enabled={self.enabled}'
 
 
 ACT_QUANTIZERS = {'minmax': MinMaxActQuantizer, 'lsq': LSQActQuantizer}
 
 
-def build_act_quantizer(bits, method):
+def build_act_quantizer(bits, method, lsq_init='mean_abs'):
     """Build a per-tensor activation quantizer by method name ('minmax' or 'lsq')."""
     if method not in ACT_QUANTIZERS:
         raise ValueError(f'unknown activation quantizer {method!r}; choose one of {sorted(ACT_QUANTIZERS)}')
-    return ACT_QUANTIZERS[method](bits)
+    return LSQActQuantizer(bits, init=lsq_init) if method == 'lsq' else ACT_QUANTIZERS[method](bits)
