@@ -40,6 +40,8 @@ rows = dict(
     # issue 16: LSQ quantizers initialised from the min-max range (LSQ+), so fine-tuning starts at PTQ
     mimiq_lsqplus=dict(label='MimiQ, LSQ+ initialisation (fine-tuning starts at min-max PTQ)', data='mimiq',
                        had=True, cfg_options={'model.quant.lsq_init': 'minmax'}),
+    base_lsqplus=dict(label='Base synthesis + task KD, LSQ+ initialisation', data='base', had=False,
+                      cfg_options={'model.quant.lsq_init': 'minmax'}),
 )
 
 headline_bits = ['w4a4']
