@@ -10,7 +10,7 @@ from test_classification_e2e import CONFIG, make_image_folder, make_teacher_chec
 pytestmark = pytest.mark.slow
 
 
-def run(tmp_path, holdout, hooks):
+def run(tmp_path, holdout, hooks, options=None):
     from mmengine.config import Config
     from mmengine.runner import Runner
     import mimiq_mm  # noqa: F401
@@ -20,7 +20,7 @@ def run(tmp_path, holdout, hooks):
                          'train_dataloader.dataset.data_root': data, 'val_dataloader.dataset.data_root': data,
                          'test_dataloader.dataset.data_root': data, 'train_cfg.holdout_images': holdout,
                          'train_cfg.max_iters': 6, 'optim_wrapper.optimizer.lr': 0.05, 'randomness': dict(seed=0),
-                         'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None})
+                         'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None, **(options or {})})
     cfg.custom_hooks = list(cfg.custom_hooks) + hooks
     cfg.work_dir = str(tmp_path / 'work')
     runner = Runner.from_cfg(cfg)
@@ -44,6 +44,29 @@ def test_best_student_hook_keeps_the_closest_student(tmp_path):
     assert final == pytest.approx(measured[best_iter], rel=1e-5)
     exported = torch.load(f'{runner.work_dir}/student_w4a4.pth', weights_only=False)['state_dict']
     assert all(torch.equal(v, exported[k]) for k, v in model.student.state_dict().items())
+
+
+def test_lsq_auto_start_keeps_the_calibrated_start_closest_to_the_teacher(tmp_path):
+    """quant.lsq_init='auto' calibrates both LSQ starts and keeps the one whose student is closer
+    to the teacher on the calibration images, in exactly the state that start alone gives."""
+    from mimiq_mm.engine.calibration import first_batches
+    # one iteration at lr 0: the run ends with its calibrated student (schedulers need an iteration)
+    lsq = {'model.quant.act_method': 'lsq', 'train_cfg.max_iters': 1, 'optim_wrapper.optimizer.lr': 0.0}
+    auto = run(tmp_path / 'auto', holdout=0, hooks=[], options={**lsq, 'model.quant.lsq_init': 'auto'})
+    info = auto.message_hub.get_info('lsq_start')
+    assert sorted(info['distances']) == ['mean_abs', 'minmax']
+    assert info['choice'] == min(info['distances'], key=info['distances'].get)
+    assert info['distances']['mean_abs'] != pytest.approx(info['distances']['minmax'])
+    exported = torch.load(f'{auto.work_dir}/student_w4a4.pth', weights_only=False)['meta']
+    assert exported['quant']['lsq_init'] == 'auto' and exported['lsq_start'] == info
+    for init, distance in info['distances'].items():
+        fixed = run(tmp_path / init, holdout=0, hooks=[], options={**lsq, 'model.quant.lsq_init': init})
+        loop, model = fixed.train_loop, fixed.model
+        inputs = [model.data_preprocessor(d, False)['inputs'] for d in first_batches(loop.dataloader,
+                                                                                     loop.calibration_batches)]
+        assert model.output_distance(inputs) == pytest.approx(distance, rel=1e-5)
+        same = all(torch.equal(v, auto.model.student.state_dict()[k]) for k, v in model.student.state_dict().items())
+        assert same == (init == info['choice'])
 
 
 def test_best_student_hook_needs_held_out_images(tmp_path):

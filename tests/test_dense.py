@@ -352,6 +352,29 @@ def test_unquantized_student_reproduces_teacher(tmp_path, base, arch, task):
         assert own['rois'].shape[1] == 5
 
 
+def test_real_segmentation_batches_calibrate_at_one_size(tmp_path):
+    """Real-data fine-tuning of a segmentor: the train pipeline's random crops differ in size and
+    only the training preprocessor pads them to one; calibration prepares real batches that way."""
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+    from mimiq_mm.engine.calibration import calibration_inputs
+    cfg = _tiny_cfg_file(tmp_path, UPERNET_SWIN_CFG, TINY_UPERNET_SWIN)
+    model = build_distiller(cfg, **{'model.allow_random_teacher': True, 'model.teacher_checkpoint': None})
+    samples = []
+    for h, w in ((SIZE, SIZE), (SIZE // 2, SIZE - 8)):
+        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.zeros(1, h, w, dtype=torch.long)))
+        sample.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w)))
+        samples.append(sample)
+    batch = dict(inputs=[torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8),
+                         torch.randint(0, 256, (3, SIZE // 2, SIZE - 8), dtype=torch.uint8)], data_samples=samples)
+    with pytest.raises(AssertionError, match='same'):
+        model.data_preprocessor(batch, False)  # what calibration used to do
+    inputs = calibration_inputs(model, batch)
+    assert inputs.shape == (2, 3, SIZE, SIZE)
+    synthetic = calibration_inputs(model, dict(pixels=torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8)))
+    assert synthetic.shape == (2, 3, SIZE, SIZE)
+
+
 @pytest.mark.parametrize('base,arch,task', [
     (MASK_RCNN_CFG, TINY_MASK_RCNN, TINY_TASK['detection']),
     (UPERNET_SWIN_CFG, TINY_UPERNET_SWIN, None),

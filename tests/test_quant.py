@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from mimiq_mm.attention import AttentionCore, install_attention_capture
 from mimiq_mm.quant import (LSQActQuantizer, MinMaxActQuantizer, QuantConfig, QuantConv2d, QuantLinear,
                             WeightQuantizer, build_act_quantizer, calibration, check_bits, fake_quantize,
-                            quantize_model, quantizers, set_quantization)
+                            quantize_model, quantizers, reset_activation_ranges, set_quantization)
 
 timm = pytest.importorskip('timm')
 
@@ -202,6 +202,17 @@ def test_lsq_init_is_a_quant_option():
     assert [m.init for m in model.modules() if isinstance(m, LSQActQuantizer)] == ['minmax']
     with pytest.raises(ValueError, match='lsq_init'):
         QuantConfig(lsq_init='percentile')
+    # 'auto' builds LSQ's own start; calibration may switch it (engine/calibration.py)
+    auto = quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), w_bits=4, a_bits=4, act_method='lsq',
+                          lsq_init='auto', quantize_attention=False)
+    q = next(m for m in auto.modules() if isinstance(m, LSQActQuantizer))
+    assert q.init == 'mean_abs'
+    auto(torch.randn(8, 4))
+    assert bool(q.initialized)
+    reset_activation_ranges(auto, lsq_init='minmax')
+    assert q.init == 'minmax' and not bool(q.initialized)
+    with pytest.raises(ValueError, match='lsq_init'):
+        reset_activation_ranges(auto, lsq_init='auto')
 
 
 def test_lsq_gradients_match_lsq_formulas():

@@ -1,8 +1,12 @@
 """Initialising the student's activation quantizers before fine-tuning (post-training
 quantization is this step alone)."""
 import torch
-from mmengine.dist import broadcast, is_distributed
-from mmengine.logging import print_log
+from mmengine.dist import broadcast, broadcast_object_list, is_distributed
+from mmengine.logging import MessageHub, print_log
+
+from ..models.distiller import SYNTHETIC_KEY
+from ..quant import reset_activation_ranges
+from ..quant.quantizers import LSQ_INITS
 
 
 def first_batches(loader, num_batches: int):
@@ -24,10 +28,50 @@ def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
         broadcast(tensor.data, src=src)
 
 
+def calibration_inputs(distiller, data):
+    """The preprocessed inputs (B, 3, H, W) of one loader batch for calibration: a real batch as the
+    task model's preprocessor prepares it for training (mmseg pads random crops to one size only
+    then), a synthetic one without the fine-tuning augmentation."""
+    synthetic = isinstance(data, dict) and SYNTHETIC_KEY in data
+    return distiller.data_preprocessor(data, not synthetic)['inputs']
+
+
 def calibrate_student(distiller, batches) -> None:
     """Calibrate ``distiller.student``'s activation quantizers on ``batches`` of data (as the
-    loader yields them), then make all ranks agree on the result."""
-    distiller.calibrate([distiller.data_preprocessor(data, False)['inputs'] for data in batches])
+    loader yields them), then make all ranks agree on the result.
+
+    With ``quant.lsq_init='auto'`` the LSQ quantizers are calibrated with each start of
+    ``LSQ_INITS`` and keep the one whose student is closer to the teacher (the task's KD term,
+    :meth:`QuantDistiller.output_distance`) on these same images: no fine-tuning has happened
+    yet, so they are a fair, data-free judge of where fine-tuning should begin.
+    """
+    inputs = [calibration_inputs(distiller, data) for data in batches]
+    cfg = distiller.quant_cfg
+    if cfg.act_method == 'lsq' and cfg.lsq_init == 'auto':
+        choose_lsq_start(distiller, inputs)
+    else:
+        distiller.calibrate(inputs)
     if is_distributed():
         broadcast_module_state(distiller.student)
     print_log(f'calibrated activation quantizers on {len(batches)} batches', logger='current')
+
+
+def choose_lsq_start(distiller, inputs) -> str:
+    """Calibrate with every LSQ start and keep the closest to the teacher on ``inputs``
+    (preprocessed batches); rank 0's choice holds on every rank. Returns the chosen start."""
+    distances = {}
+    for init in LSQ_INITS:
+        reset_activation_ranges(distiller.student, lsq_init=init)
+        distiller.calibrate(inputs)
+        distances[init] = distiller.output_distance(inputs)
+    choice = [min(distances, key=distances.get)]
+    if is_distributed():
+        broadcast_object_list(choice)
+    if choice[0] != init:  # the last one calibrated is in place; calibration is deterministic
+        reset_activation_ranges(distiller.student, lsq_init=choice[0])
+        distiller.calibrate(inputs)
+    print_log('lsq_init=auto: KD distance to the teacher on the calibration images ' +
+              ', '.join(f'{k} {v:.5f}' for k, v in distances.items()) + f'; starting from {choice[0]!r}',
+              logger='current')
+    MessageHub.get_current_instance().update_info('lsq_start', dict(choice=choice[0], distances=distances))
+    return choice[0]

@@ -210,22 +210,31 @@ class QuantDistiller(BaseModel):
             losses['loss_had'] = self.had_loss(t_rec.records, s_rec.records)
         return losses
 
-    @torch.no_grad()
     def holdout_distance(self, dataset, batch_size=64) -> float:
-        """The output distillation loss (the task's KD term, summed over its parts) of the
-        student against the teacher on a synthetic ``dataset``, in eval mode, averaged over images:
-        how far the student is from the teacher, without real data."""
+        """The output distillation loss of the student against the teacher on a synthetic
+        ``dataset`` (:meth:`output_distance`): how far the student is from the teacher, without
+        real data."""
+        def batches():
+            for start in range(0, len(dataset), batch_size):
+                stop = min(start + batch_size, len(dataset))
+                pixels = torch.stack([dataset[i]['pixels'] for i in range(start, stop)])
+                yield self.data_preprocessor(dict(pixels=pixels), False)['inputs']
+
+        return self.output_distance(batches())
+
+    @torch.no_grad()
+    def output_distance(self, batches) -> float:
+        """The task's KD term (summed over its parts) of the student against the teacher, in eval
+        mode, averaged over the images of ``batches`` (preprocessed inputs (B, 3, H, W))."""
         was_training = self.student.training
         self.student.eval()
         total, count = 0.0, 0
-        for start in range(0, len(dataset), batch_size):
-            pixels = torch.stack([dataset[i]['pixels'] for i in range(start, min(start + batch_size, len(dataset)))])
-            inputs = self.data_preprocessor(dict(pixels=pixels), False)['inputs']
+        for inputs in batches:
             teacher_out = self.task.forward_tensor(self.teacher, inputs)
             student_out = self.task.forward_student(self.student, inputs, teacher_out)
             kd = self.task.distill_loss(student_out, teacher_out, temperature=self.kd_temperature)
-            total += float(sum(kd.values()) if isinstance(kd, dict) else kd) * len(pixels)
-            count += len(pixels)
+            total += float(sum(kd.values()) if isinstance(kd, dict) else kd) * len(inputs)
+            count += len(inputs)
         self.student.train(was_training)
         return total / max(count, 1)
 

@@ -29,8 +29,11 @@ class QuantConfig:
         w_bits (int): weight bits, 2–8.
         a_bits (int): activation bits, 2–8 (attention matmul inputs included).
         act_method (str): 'minmax' (EMA-calibrated) or 'lsq' (learnable step/offset).
-        lsq_init (str): how LSQ quantizers start: 'mean_abs' (LSQ, the notes' lineage) or
-            'minmax' (LSQ+: the min-max PTQ range, so fine-tuning starts from PTQ).
+        lsq_init (str): how LSQ quantizers start: 'mean_abs' (LSQ, the notes' lineage),
+            'minmax' (LSQ+: the min-max PTQ range, so fine-tuning starts from PTQ) or 'auto'
+            (default: calibrate both and keep the one whose student is closer to the teacher on
+            the calibration images, ``mimiq_mm.engine.calibration.calibrate_student``; neither
+            fixed start is safe on every model, benchmarks/cifar10/README.md).
         keep_first_last_8bit (bool): keep the first and last layer at 8 bits.
         quantize_attention (bool): quantize both inputs of both attention matmuls.
         skip (Sequence[str]): regexes of module names left in floating point.
@@ -38,7 +41,7 @@ class QuantConfig:
     w_bits: int = 4
     a_bits: int = 4
     act_method: str = 'minmax'
-    lsq_init: str = 'mean_abs'
+    lsq_init: str = 'auto'
     keep_first_last_8bit: bool = False
     quantize_attention: bool = True
     skip: Sequence[str] = field(default_factory=tuple)
@@ -48,8 +51,13 @@ class QuantConfig:
         check_bits(self.a_bits, 'a_bits (activation bit-width)')
         if self.act_method not in ACT_QUANTIZERS:
             raise ValueError(f'act_method must be one of {sorted(ACT_QUANTIZERS)} (got {self.act_method!r})')
-        if self.lsq_init not in LSQ_INITS:
-            raise ValueError(f'lsq_init must be one of {list(LSQ_INITS)} (got {self.lsq_init!r})')
+        if self.lsq_init not in LSQ_INITS + ('auto', ):
+            raise ValueError(f"lsq_init must be one of {list(LSQ_INITS) + ['auto']} (got {self.lsq_init!r})")
+
+    @property
+    def first_lsq_init(self):
+        """The initialisation LSQ quantizers are built with ('auto' tries 'mean_abs' first)."""
+        return LSQ_INITS[0] if self.lsq_init == 'auto' else self.lsq_init
 
     @classmethod
     def from_any(cls, cfg):
@@ -88,7 +96,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         a_bits = 8 if edge and cfg.keep_first_last_8bit else cfg.a_bits
         weight_q = WeightQuantizer(w_bits)
         # The raw image entering the first layer stays in floating point.
-        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method, cfg.lsq_init)
+        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method, cfg.first_lsq_init)
         if isinstance(module, PackedInProjection):
             module.weight_quantizer, module.input_quantizer = weight_q, input_q
         else:
@@ -97,7 +105,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         for name, core in model.named_modules():
             if isinstance(core, AttentionCore) and not any(p.search(name) for p in skip):
                 for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
-                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method, cfg.lsq_init))
+                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method, cfg.first_lsq_init))
     model.__dict__['_mimiq_quant_cfg'] = cfg
     return model
 
@@ -133,10 +141,15 @@ def calibration(model):
             q.observing = False
 
 
-def reset_activation_ranges(model):
-    """Forget calibrated ranges / LSQ initialisation, so the next calibration starts afresh."""
+def reset_activation_ranges(model, lsq_init=None):
+    """Forget calibrated ranges / LSQ initialisation, so the next calibration starts afresh
+    (LSQ quantizers with ``lsq_init``, one of ``LSQ_INITS``, if given)."""
+    if lsq_init is not None and lsq_init not in LSQ_INITS:
+        raise ValueError(f'lsq_init must be one of {list(LSQ_INITS)} (got {lsq_init!r})')
     for q in quantizers(model, (MinMaxActQuantizer, LSQActQuantizer)):
         q.initialized.fill_(False)
+        if lsq_init is not None and isinstance(q, LSQActQuantizer):
+            q.init, q._range = lsq_init, None
 
 
 def quantizers_initialized(model) -> bool:

@@ -118,6 +118,12 @@ class Recipe:
             raise ValueError(f'unknown {what} {bad}; known: {", ".join(known)}')
         return chosen
 
+    def teacher_labels(self) -> dict:
+        """{name: label} of every teacher of the recipe and the scale (a report covers teachers of
+        earlier invocations too)."""
+        return dict({t: spec.get('label', t) for t, spec in self.raw['teachers'].items()},
+                    **self.scale.get('teacher_labels', {}))
+
     def teachers(self, chosen=None) -> dict:
         """{name: dict(label, config, checkpoint, model)} of the scale's (or the chosen) teachers.
 
@@ -125,8 +131,7 @@ class Recipe:
         mmdet/mmseg model trained with tools/train.py), else None: the driver trains it. ``model``
         (``teachers.<name>.model``) holds QuantDistiller options of this teacher (its task's)."""
         names = self.select('teachers', chosen, self.scale['teacher_configs']) or list(self.scale['teachers'])
-        labels = dict({t: spec.get('label', t) for t, spec in self.raw['teachers'].items()},
-                      **self.scale.get('teacher_labels', {}))
+        labels = self.teacher_labels()
         checkpoints = self.scale.get('teacher_checkpoints', {})
         return {t: dict(label=labels.get(t, t), config=self.scale['teacher_configs'][t],
                         checkpoint=checkpoints.get(t) and osp.abspath(repo_path(checkpoints[t])),
@@ -164,8 +169,11 @@ class Recipe:
         row, ft, ptq = self.rows[row_name], self.finetune_settings(teacher), self.scale['ptq']
         w_bits, a_bits = parse_bits(bits)
         finetune = row.get('finetune', True)
-        o = {'model.quant': dict(w_bits=w_bits, a_bits=a_bits,
-                                 act_method=ft['act_method'] if finetune else ptq['act_method']),
+        act_method = ft['act_method'] if finetune else ptq['act_method']
+        quant = dict(w_bits=w_bits, a_bits=a_bits, act_method=act_method)
+        if act_method == 'lsq' and ft.get('lsq_init'):  # the LSQ start of the scale (a row may change it)
+            quant['lsq_init'] = ft['lsq_init']
+        o = {'model.quant': quant,
              'model.kd': dict(temperature=ft['kd_temperature'], loss_weight=1.0),
              'model.had': dict(metric='dssim', loss_weight=ft['had_gamma']) if row.get('had') else None,
              'model.augment': ft.get('augment') if finetune and row['data'] != 'real' else None,
