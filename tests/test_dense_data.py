@@ -21,6 +21,7 @@ from mimiq_mm.datasets import dense_digits as dd  # noqa: E402
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CFG = osp.join(REPO_ROOT, 'configs', 'dense_bench', 'mask-rcnn_swin-e48-w4_fpn64_digits.py')
+FG_SEG_CFG = osp.join(REPO_ROOT, 'configs', 'dense_bench', 'upernet_swin-e48-w4_digits-fg.py')
 SEG_CFG = osp.join(REPO_ROOT, 'configs', 'dense_bench', 'upernet_swin-e48-w4_digits.py')
 NUM_TRAIN, NUM_TEST = 4, 3
 
@@ -189,6 +190,23 @@ def test_mmseg_dataset_and_metric(data_root):
     sample = train[0]  # random resize (64-256 px) + crop to at most 128 x 128 (the preprocessor pads)
     assert set(np.unique(sample['data_samples'].gt_sem_seg.data.numpy()).tolist()) <= set(range(11)) | {255}
     assert sample['inputs'].shape[1:] == sample['data_samples'].gt_sem_seg.shape and max(sample['inputs'].shape) <= 128
+
+
+def test_foreground_label_maps_merge_the_digits(data_root):
+    """annotations/<split>_foreground: every digit one class, read by the two-class teacher config."""
+    from mmengine.registry import DATASETS, init_default_scope
+    init_default_scope('mmseg')
+    cfg = _config(FG_SEG_CFG, data_root)
+    test = DATASETS.build(cfg.test_dataloader.dataset)
+    assert test.metainfo['classes'] == dd.FOREGROUND_CLASSES and len(test) == NUM_TEST
+    for i in range(NUM_TEST):
+        sample = test[i]['data_samples']
+        label = read_label(data_root, 'validation', osp.basename(sample.img_path))
+        assert sample.seg_map_path.endswith(osp.join('validation_foreground', osp.basename(sample.seg_map_path)))
+        gt = sample.gt_sem_seg.data[0].numpy()
+        assert ((gt == 1) == (label >= dd.FIRST_DIGIT)).all() and ((gt == 0) == (label == dd.BACKGROUND)).all()
+        assert ((gt == 255) == (label == dd.IGNORE)).all()
+    assert (gt == 1).any()
 
 
 def test_cli_writes_the_set(tmp_path, capsys):

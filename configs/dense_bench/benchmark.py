@@ -23,6 +23,11 @@ teachers = dict(
                       model=dict(task=dict(type='segmentation', aux_weight=0.4))),
     upernet_deit=dict(label='UPerNet, DeiT-style ViT (embed 192, depth 6, 6 heads, patch 8)',
                       model=dict(task=dict(type='segmentation', aux_weight=0.4))),
+    # background vs digit: the ten-class UPerNets find the digits but do not tell them apart
+    upernet_swin_fg=dict(label='UPerNet, Swin as above, two classes (background, digit)',
+                         model=dict(task=dict(type='segmentation', aux_weight=0.4))),
+    upernet_deit_fg=dict(label='UPerNet, DeiT-style ViT as above, two classes (background, digit)',
+                         model=dict(task=dict(type='segmentation', aux_weight=0.4))),
 )
 
 # Task prior (the dense head's own) + TV, with and without IHC; Gaussian noise for PTQ.
@@ -42,6 +47,9 @@ rows = dict(
                        had=True, cfg_options={'model.quant.lsq_init': 'minmax'}),
     base_lsqplus=dict(label='Base synthesis + task KD, LSQ+ initialisation', data='base', had=False,
                       cfg_options={'model.quant.lsq_init': 'minmax'}),
+    # the library default: calibrate both starts, keep the one closer to the teacher (data-free)
+    mimiq_auto=dict(label='MimiQ, LSQ start chosen data-free (lsq_init=auto, the default)', data='mimiq', had=True,
+                    cfg_options={'model.quant.lsq_init': 'auto'}),
 )
 
 headline_bits = ['w4a4']
@@ -67,18 +75,26 @@ scales = {
                     '500 test images; far below the paper recipe',
         teacher_configs=dict(maskrcnn='configs/dense_bench/mask-rcnn_swin-e48-w4_fpn64_digits.py',
                              upernet_swin='configs/dense_bench/upernet_swin-e48-w4_digits.py',
-                             upernet_deit='configs/dense_bench/upernet_deit-e192-p8_digits.py'),
+                             upernet_deit='configs/dense_bench/upernet_deit-e192-p8_digits.py',
+                             upernet_swin_fg='configs/dense_bench/upernet_swin-e48-w4_digits-fg.py',
+                             upernet_deit_fg='configs/dense_bench/upernet_deit-e192-p8_digits-fg.py'),
         # trained with tools/train.py (benchmarks/dense/README.md, "Reproduce")
         teacher_checkpoints=dict(maskrcnn='work_dirs/dense_bench/mask-rcnn/iter_1800.pth',
                                  upernet_swin='work_dirs/dense_bench/upernet-swin/teacher.pth',
-                                 upernet_deit='work_dirs/dense_bench/upernet-deit/teacher.pth'),
-        teachers=['maskrcnn', 'upernet_swin', 'upernet_deit'], bits=['w8a8', 'w4a8', 'w4a4'], seeds=[0],
+                                 upernet_deit='work_dirs/dense_bench/upernet-deit/teacher.pth',
+                                 upernet_swin_fg='work_dirs/dense_bench/upernet-swin-fg/iter_800.pth',
+                                 upernet_deit_fg='work_dirs/dense_bench/upernet-deit-fg/iter_800.pth'),
+        teachers=['maskrcnn', 'upernet_swin_fg'], bits=['w8a8', 'w4a8', 'w4a4'], seeds=[0],
         bits_seeds=dict(w4a4=[0, 1]),
         teacher=dict(epochs=0, warmup_epochs=0, batch_size=8, lr=1e-3, weight_decay=0.05, max_seconds=None),
         synthesis=dict(num_images=64, batch_size=16, steps=100, noise_images=32, log_interval=25),
-        finetune=dict(iters=200, batch_size=8, lr=1e-3, schedule='cosine', act_method='lsq', kd_temperature=1.0,
-                      had_gamma=1.0, calibration_batches=2, augment=None, checkpoint_interval=1000),
-        finetune_overrides=dict(maskrcnn=dict(iters=50), upernet_deit=dict(iters=80, had_gamma=10.0)),
+        finetune=dict(iters=200, batch_size=8, lr=1e-3, schedule='cosine', act_method='lsq', lsq_init='mean_abs',
+                      kd_temperature=1.0, had_gamma=1.0, calibration_batches=2, augment=None, checkpoint_interval=1000),
+        # the two-class UPerNets were measured after lsq_init='auto' became the default: every
+        # fine-tuned row of theirs starts where 'auto' puts it
+        finetune_overrides=dict(maskrcnn=dict(iters=50), upernet_deit=dict(iters=80, had_gamma=10.0),
+                                upernet_swin_fg=dict(lsq_init='auto'),
+                                upernet_deit_fg=dict(iters=80, had_gamma=10.0, lsq_init='auto')),
         ptq=dict(batch_size=8, act_method='minmax'),
         eval=dict(batch_size=8),
         workers=0,

@@ -13,6 +13,8 @@ read unchanged by mmdet's ``CocoDataset`` and mmseg's ``BaseSegDataset``::
     images/<split>/<split>_00000.jpg           RGB image (shared by both tasks)
     annotations/<split>/<split>_00000.png      label map, ADE20K convention (reduce_zero_label=True):
                                                0 = ignored, 1 = background, 2 + d = digit d
+    annotations/<split>_foreground/*.png       the same maps with every digit as one class: 0 = ignored,
+                                               1 = background, 2 = digit (a two-class segmentation)
     annotations/instances_<split>.json         COCO instances: categories 1..10 = digits '0'..'9',
                                                masks as compressed RLE, boxes from the masks
     meta.json                                  settings and counts; written last (marks a finished set)
@@ -32,6 +34,7 @@ from PIL import Image
 
 CLASSES = tuple(str(d) for d in range(10))
 SEG_CLASSES = ('background', ) + CLASSES  # after reduce_zero_label: 0 = background, 1 + d = digit d
+FOREGROUND_CLASSES = ('background', 'digit')
 IGNORE, BACKGROUND, FIRST_DIGIT = 0, 1, 2  # values in the label PNGs
 SPLITS = dict(train='training', test='validation')
 SETTINGS_VERSION = 1
@@ -185,6 +188,21 @@ def write_split(root, split, photos, digits, labels, num_images, seed, image_siz
     return dict(images=num_images, objects=len(annotations) - ignored, ignored_regions=ignored)
 
 
+def write_foreground_labels(root):
+    """Write ``annotations/<split>_foreground/``: each label PNG with all digits merged into one
+    class (value 2), ignored pixels and background kept. Folders already complete are kept."""
+    for folder in SPLITS.values():
+        src, dst = os.path.join(root, 'annotations', folder), os.path.join(root, 'annotations', folder + '_foreground')
+        names = sorted(n for n in os.listdir(src) if n.endswith('.png'))
+        if os.path.isdir(dst) and sorted(n for n in os.listdir(dst) if n.endswith('.png')) == names:
+            continue
+        shutil.rmtree(dst, ignore_errors=True)
+        os.makedirs(dst)
+        for name in names:
+            label = np.asarray(Image.open(os.path.join(src, name)))
+            Image.fromarray(np.minimum(label, FIRST_DIGIT).astype(np.uint8)).save(os.path.join(dst, name))
+
+
 def make_dense_digits(root, cifar_tar, num_train=3000, num_test=500, image_size=128, seed=0,
                       test_digits_per_class=100, **compose_args):
     """Write the whole set (both splits) under ``root``; a finished set with the same settings is kept.
@@ -199,6 +217,7 @@ def make_dense_digits(root, cifar_tar, num_train=3000, num_test=500, image_size=
         with open(meta_file) as f:
             meta = json.load(f)
         if meta['settings'] == settings:
+            write_foreground_labels(root)  # sets written before the two-class maps existed
             return meta
         os.remove(meta_file)  # other settings: rewrite the set
     photos = {split: read_cifar_split(cifar_tar, split) for split in SPLITS}
@@ -210,6 +229,7 @@ def make_dense_digits(root, cifar_tar, num_train=3000, num_test=500, image_size=
         counts[split] = write_split(root, split, photos[split], digits[idx], labels[idx], num, seed,
                                     image_size=image_size, **compose_args)
         counts[split]['digits'] = len(idx)
+    write_foreground_labels(root)
     meta = dict(settings=settings, counts=counts, classes=list(CLASSES), seg_classes=list(SEG_CLASSES),
                 cifar_tar=os.path.abspath(cifar_tar))
     with open(meta_file, 'w') as f:

@@ -43,3 +43,13 @@ digits_test_dataloader = dict(
     dataset=dict(digits_dataset, data_prefix=dict(img_path='images/validation',
                                                   seg_map_path='annotations/validation'),
                  pipeline=digits_test_pipeline))
+
+# Two classes, background and digit (all ten digits one class): label maps in
+# annotations/<split>_foreground/ (written with the set); the ten-class teachers find the digits
+# but do not tell them apart (benchmarks/dense/README.md, "What was tried").
+digits_fg_classes = ('background', 'digit')
+digits_fg_loss = dict(type='CrossEntropyLoss', use_sigmoid=False, class_weight=[0.2, 1.0], reduction='none')
+digits_fg_train_dataset = dict(metainfo=dict(classes=digits_fg_classes),
+                               data_prefix=dict(seg_map_path='annotations/training_foreground'))
+digits_fg_test_dataset = dict(metainfo=dict(classes=digits_fg_classes),
+                              data_prefix=dict(seg_map_path='annotations/validation_foreground'))

@@ -242,7 +242,7 @@ class Benchmark:
             checks=run_checks(self.recipe.checks, summary, teachers, self.recipe.metrics, labels),
             invocations=self.meta.get('invocations', []), timings=self.meta.get('timings', {}))
         write_json(osp.join(self.work.root, 'results.json'), data)
-        text = markdown(data, labels, {t: spec['label'] for t, spec in self.teachers.items()})
+        text = markdown(data, labels, self.recipe.teacher_labels())
         with open(osp.join(self.work.root, 'results.md'), 'w') as f:
             f.write(text)
         if not quiet:

@@ -108,20 +108,23 @@ def markdown(data, labels, teacher_labels):
     """The report as markdown: header, one table per teacher and metric, checks, synthetic sets,
     wall times and command lines."""
     status = 'complete' if data['complete'] else f'incomplete, {len(data["missing"])} units missing'
+    data_root = f'`{data["data_root"]}`' if data['data_root'] else "the configs' own `data_root`"
     lines = [f'# Data-free quantization benchmark: {data["benchmark"]}', '',
              f'- Scale preset: **`{data["scale"]}`** — {data["scale_description"]}'
              + (f' (overrides: {data["scale_overrides"]})' if data['scale_overrides'] else ''),
-             f'- Data: `{data["data_root"]}`; teachers are trained on the train split only; every row but the '
+             f'- Data: {data_root}; teachers are trained on the train split only; every row but the '
              'real-data ones quantizes without reading a train image; metrics on the test split.',
              f'- Status: {status}; generated {data["generated"]}', '']
     for t in data['teacher_names']:
         fp = data['teachers'].get(t, {})
         lines += [f'## Teacher `{t}`: {teacher_labels.get(t, t)}', '']
-        if fp:
-            train = fp.get('train') or {}
+        train = fp.get('train') or {}
+        if train.get('train_seconds'):
             cut = ' — **TRAINING CUT by the time cap**' if train.get('cut') else ''
             lines += [f'{train.get("epochs_trained") or "given"} epochs, {fmt_seconds(train.get("train_seconds"))} '
                       f'training, {(train.get("params") or 0) / 1e6:.2f} M parameters{cut}.', '']
+        elif fp:
+            lines += ['Trained outside the driver (a given checkpoint, see the recipe\'s `teacher_checkpoints`).', '']
         for metric in data['metrics']:
             key = metric['key']
             rows = data['summary'].get(t, {})
