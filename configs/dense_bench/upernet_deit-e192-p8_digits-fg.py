@@ -6,8 +6,7 @@
 #       --work-dir work_dirs/dense_bench/upernet-deit-fg
 _base_ = ['./upernet_deit-e192-p8_digits.py']
 
-model = dict(decode_head=dict(num_classes=2, loss_decode=dict(_base_.digits_fg_loss, loss_weight=1.0)),
-             auxiliary_head=dict(num_classes=2, loss_decode=dict(_base_.digits_fg_loss, loss_weight=0.4)))
+model = _base_.digits_fg_heads
 train_dataloader = dict(dataset=_base_.digits_fg_train_dataset)
 val_dataloader = dict(dataset=_base_.digits_fg_test_dataset)
 test_dataloader = val_dataloader

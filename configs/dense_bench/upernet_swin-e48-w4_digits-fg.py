@@ -9,8 +9,7 @@
 #       --work-dir work_dirs/dense_bench/upernet-swin-fg
 _base_ = ['./upernet_swin-e48-w4_digits_det-init.py']
 
-model = dict(decode_head=dict(num_classes=2, loss_decode=dict(_base_.digits_fg_loss, loss_weight=1.0)),
-             auxiliary_head=dict(num_classes=2, loss_decode=dict(_base_.digits_fg_loss, loss_weight=0.4)))
+model = _base_.digits_fg_heads
 train_dataloader = dict(dataset=_base_.digits_fg_train_dataset)
 val_dataloader = dict(dataset=_base_.digits_fg_test_dataset)
 test_dataloader = val_dataloader

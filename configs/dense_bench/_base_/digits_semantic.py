@@ -53,3 +53,5 @@ digits_fg_train_dataset = dict(metainfo=dict(classes=digits_fg_classes),
                                data_prefix=dict(seg_map_path='annotations/training_foreground'))
 digits_fg_test_dataset = dict(metainfo=dict(classes=digits_fg_classes),
                               data_prefix=dict(seg_map_path='annotations/validation_foreground'))
+digits_fg_heads = dict(decode_head=dict(num_classes=2, loss_decode=dict(digits_fg_loss, loss_weight=1.0)),
+                       auxiliary_head=dict(num_classes=2, loss_decode=dict(digits_fg_loss, loss_weight=0.4)))
