@@ -67,7 +67,7 @@ def choose_lsq_start(distiller, inputs) -> str:
     choice = [min(distances, key=distances.get)]
     if is_distributed():
         broadcast_object_list(choice)
-    if choice[0] != init:  # the last one calibrated is in place; calibration is deterministic
+    if choice[0] != LSQ_INITS[-1]:  # the last one calibrated is in place; calibration is deterministic
         reset_activation_ranges(distiller.student, lsq_init=choice[0])
         distiller.calibrate(inputs)
     print_log('lsq_init=auto: KD distance to the teacher on the calibration images ' +
