@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+
 
 import numpy as np
 import pytest
@@ -374,6 +376,14 @@ def test_demo_config_teacher_from_teacher_or_distiller_checkpoint(tmp_path):
         assert model.input_size == (16, 16)
         assert model.pixel_mean.flatten().tolist() == [127.5] * 3  # the config's data_preprocessor
         assert all(torch.equal(v, reference[k]) for k, v in model.teacher.state_dict().items())
+
+    # No --checkpoint: the distiller config's own teacher_checkpoint loads, without a warning
+    # that the model "keeps its initial weights".
+    with warnings.catch_warnings():
+        warnings.filterwarnings('error', message='.*keeps its initial weights')
+        model = config_model(DEMO_CONFIG, None, device='cpu',
+                             cfg_options={'model.teacher_checkpoint': str(tmp_path / 'teacher.pth')})
+    assert all(torch.equal(v, reference[k]) for k, v in model.teacher.state_dict().items())
 
     model = config_model(DEMO_CONFIG, str(tmp_path / 'distiller.pth'), device='cpu', with_student=True)
     assert quantizers_initialized(model.student)

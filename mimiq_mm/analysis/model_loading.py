@@ -173,7 +173,7 @@ def config_model(config, checkpoint=None, cfg_options=None, device='auto', input
         teacher, student, task = model.teacher, model.student, model.task
     else:
         from ..models.tasks import build_task
-        if checkpoint is None:
+        if checkpoint is None and not is_distiller:  # a distiller's teacher came from teacher_checkpoint
             warnings.warn(f'{config} is not a mimiq_mm.QuantDistiller config and no --checkpoint was given; '
                           'the model keeps its initial weights')
         install_attention_capture(model)
