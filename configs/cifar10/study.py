@@ -4,7 +4,7 @@
 #                 with KL only, real images as many as the synthetic set;
 #   Fig. 3        fine-tuning on the most / least coherent half of the base set, and a random half;
 #   IHC strength  500 steps instead of 200, a constant learning rate, IHC weight 10;
-#   set size      1,024 synthetic images instead of 256;
+#   set size      1,024 and 4,096 synthetic images instead of 256;
 #   PTQ           post-training quantization on the base set (at every bit-width, so a fine-tuned row
 #                 can be compared with calibration alone on the same images);
 #   robust recipe MimiQ that keeps the student closest to the teacher on 32 held-out synthetic
@@ -26,6 +26,8 @@ synthetic_sets = dict(
     mimiq_w10=dict(method='mimiq', options=dict(ihc=dict(similarity='abs', ssim='global', loss_weight=10.0))),
     base_1k=dict(method='base', size='images_1k'),
     mimiq_1k=dict(method='mimiq', size='images_1k'),
+    base_4k=dict(method='base', size='images_4k'),
+    mimiq_4k=dict(method='mimiq', size='images_4k'),
 )
 
 rows = dict(
@@ -48,6 +50,8 @@ rows = dict(
     ihc_w10=dict(label='IHC weight 10 + KL', data='mimiq_w10', had=False),
     base_1k=dict(label='Base 1,024 images + KL', data='base_1k', had=False),
     ihc_1k=dict(label='IHC 1,024 images + KL', data='mimiq_1k', had=False),
+    base_4k=dict(label='Base 4,096 images + KL', data='base_4k', had=False),
+    ihc_4k=dict(label='IHC 4,096 images + KL', data='mimiq_4k', had=False),
     mimiq_best=dict(label='MimiQ, best student on held-out synthetic images', data='mimiq', had=True,
                     keep_best=True),
     # LSQ quantizers initialised from the min-max range (LSQ+): fine-tuning starts at min-max PTQ
@@ -83,6 +87,6 @@ scales = {
         # vit_long needs ~75 min here: its guard is raised so that the 15 epochs are not cut.
         teacher_overrides=dict(vit_long=dict(epochs=15, warmup_epochs=1, max_seconds=7200),
                                vit_p2=dict(epochs=4, warmup_epochs=1)),
-        synthesis=dict(images_1k=1024),
+        synthesis=dict(images_1k=1024, images_4k=4096),
         finetune=dict(holdout_images=32, best_interval=15)),
 }
