@@ -22,7 +22,7 @@ DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope=SCOPE, locations=
 DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=SCOPE,
                          locations=['mimiq_mm.datasets'])
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope=SCOPE, locations=['mimiq_mm.datasets'])
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE, locations=['mimiq_mm.engine'])
+METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE, locations=['mimiq_mm.evaluation'])
 # Registries of mimiq_mm's own concepts (no mmengine counterpart).
 TASKS = Registry('task', scope=SCOPE, locations=['mimiq_mm.models.tasks'])
 SYNTHESIZERS = Registry('synthesizer', scope=SCOPE, locations=['mimiq_mm.synthesis'])

@@ -262,6 +262,15 @@ def test_upernet_train_and_test(tmp_path, base, arch, mm_test):
         check_metric(metrics, 'mIoU')
         # the exported student is the trained one, under either tool
         assert metrics['mIoU'] == pytest.approx(validated['mIoU'], abs=1e-2), name
+    # fidelity to a reference model (tools/test.py --save-label-maps, --agreement): the student's own
+    # maps as the reference agree with it on every pixel, and the annotation metrics are unchanged
+    maps = str(tmp_path / 'student_maps.npz')
+    run_tool([TEST, cfg, student, '--work-dir', str(tmp_path / 'maps'), '--save-label-maps', maps], cwd=str(tmp_path))
+    agreement_dir = str(tmp_path / 'agreement')
+    run_tool([TEST, cfg, student, '--work-dir', agreement_dir, '--agreement', maps], cwd=str(tmp_path))
+    metrics = read_test_metrics(agreement_dir)
+    assert (metrics['teacher/aAcc'], metrics['teacher/mIoU']) == (100.0, 100.0)
+    assert metrics['mIoU'] == pytest.approx(validated['mIoU'], abs=1e-2)
 
 
 # ---------------------------------------------------------------------------- in-process checks

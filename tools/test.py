@@ -3,6 +3,7 @@
 Usage:
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
                                            [--show-dir DIR] [--cfg-options k=v ...]
+                                           [--save-label-maps MAPS.npz] [--agreement MAPS.npz]
                                            [--launcher {none,pytorch,slurm,mpi}]
 
 Distributed runs go through tools/dist_test.sh.
@@ -27,6 +28,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--out', help='dump the predictions to this .pkl file')
     parser.add_argument('--show-dir', help='save visualised predictions under this directory '
                         '(mmdet resolves it inside <work_dir>/<timestamp>)')
+    parser.add_argument('--save-label-maps', metavar='MAPS.npz',
+                        help='segmentors: also write the predicted label maps to this .npz (the reference of '
+                        '--agreement, e.g. made with the teacher)')
+    parser.add_argument('--agreement', metavar='MAPS.npz',
+                        help='segmentors: also score the predictions against label maps saved with '
+                        '--save-label-maps (teacher/mIoU, teacher/aAcc: fidelity to that model)')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -60,6 +67,11 @@ def main(argv=None) -> None:
         require_file(args.checkpoint, 'checkpoint file')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         exit_with_error(f'--out must name a .pkl or .pickle file, got {args.out}')
+    for flag, path in (('--save-label-maps', args.save_label_maps), ('--agreement', args.agreement)):
+        if path is not None and not path.endswith('.npz'):
+            exit_with_error(f'{flag} must name a .npz file, got {path}')
+    if args.agreement is not None:
+        require_file(args.agreement, 'label maps of --agreement (write them with --save-label-maps)')
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     set_work_dir(cfg, args.config, args.work_dir)
@@ -75,6 +87,12 @@ def main(argv=None) -> None:
         if args.out is not None:
             from mmengine.evaluator import DumpResults
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+        from mimiq_mm.evaluation import SegAgreementMetric, SegPredictionWriter
+        extra = ([SegPredictionWriter(out_file=args.save_label_maps)] if args.save_label_maps else []) + (
+            [SegAgreementMetric(reference=args.agreement)] if args.agreement else [])
+        for metric in extra:  # the test loop gave the dataset's meta to the metrics it was built with
+            metric.dataset_meta = runner.test_evaluator.dataset_meta
+            runner.test_evaluator.metrics.append(metric)
         runner.test()
 
 

@@ -158,3 +158,34 @@ def plot_layer_distances(layer_labels: Sequence[str], values: Dict[str, Dict[str
     axes[0].legend(fontsize=8)
     axes[0].set_title(title)
     return save_figure(figure, path)
+
+
+def plot_label_map_agreement(images, reference_name: str, references: Sequence[np.ndarray],
+                             maps: Dict[str, Sequence[np.ndarray]], row_titles: Sequence[str], path,
+                             num_classes: int) -> str:
+    """One row per image: the image, the reference label map, then each model's map with the
+    pixels where it differs from the reference in red (the fraction of them in the title).
+
+    Args:
+        images: uint8 (H, W, 3) arrays.
+        references: (H, W) integer label maps, one per image.
+        maps: {model name: (H, W) label maps, one per image}.
+    """
+    from matplotlib import colormaps
+    palette = colormaps['tab10' if num_classes <= 10 else 'tab20'].resampled(max(num_classes, 2))
+    ncols = 2 + len(maps)
+    figure = new_figure(1.9 * ncols, 2.0 * len(images))
+    axes = figure.subplots(len(images), ncols, squeeze=False)
+    for row, (image, reference) in enumerate(zip(images, references)):
+        coloured_reference = palette(reference % palette.N)[..., :3]
+        panels = [(image, row_titles[row]), (coloured_reference, reference_name)]
+        for name, model_maps in maps.items():
+            differs = model_maps[row] != reference
+            panel = palette(model_maps[row] % palette.N)[..., :3].copy()
+            panel[differs] = (1.0, 0.0, 0.0)
+            panels.append((panel, f'{name}\n{100 * differs.mean():.1f} % differ'))
+        for ax, (picture, title) in zip(axes[row], panels):
+            ax.imshow(picture, interpolation='nearest')
+            ax.set_title(title, fontsize=8)
+            _hide_ticks(ax)
+    return save_figure(figure, path)

@@ -10,24 +10,10 @@ import traceback
 
 from mmengine.utils.dl_utils import collect_env
 
-from ...synthesis import file_sha256
 from .plan import Unit, make_plan, selected
 from .report import fmt_seconds, markdown, run_checks, summarise
 from .state import EVAL_RECORD, RECORD, WorkDir, fingerprint, jsonable, now_iso, read_json, write_json
-from .stages import UnitRunner
-
-_SHA = {}
-
-
-def cached_sha256(path):
-    """sha256 of a file, remembered per (path, size, mtime): teacher files are hashed for every unit."""
-    if not path or not osp.isfile(path):
-        return None
-    stat = os.stat(path)
-    key = (osp.abspath(path), stat.st_size, stat.st_mtime)
-    if key not in _SHA:
-        _SHA[key] = file_sha256(path)
-    return _SHA[key]
+from .stages import UnitRunner, cached_sha256
 
 
 def device_words():

@@ -22,6 +22,13 @@ def metric_value(record, metric):
     return None if value is None else value * metric.get('scale', 1.0)
 
 
+def teacher_value(record, metric):
+    """The full-precision teacher's value of ``metric``: measured, or the metric's ``fp`` (a value
+    true by definition, e.g. 100 for agreement with the teacher itself), or None."""
+    value = metric_value(record, metric) if record else None
+    return metric.get('fp') if value is None else value
+
+
 def summarise(results, metrics):
     """{teacher: {row: {bits: {metric key: cell}}}}, a cell holding values, seeds, n, mean, std
     (sample), min and max."""
@@ -58,12 +65,13 @@ def run_checks(checks, summary, teachers, metrics, labels):
         keys = [m['key'] for m in metrics if any(m['key'] in c for r in rows.values() for c in r.values())]
         for check in checks:
             metric = check.get('metric') or (keys[0] if keys else None)
-            scale = next((m.get('scale', 1.0) for m in metrics if m['key'] == metric), 1.0)
+            if metric not in keys:  # a metric this teacher's task does not report (e.g. box mAP of a segmentor)
+                continue
             for bits in check.get('bits', []):
                 def mean(row):
                     if row == 'fp':
-                        value = (teachers.get(t, {}).get('metrics') or {}).get(metric)
-                        return None if value is None else value * scale
+                        spec = next((m for m in metrics if m['key'] == metric), dict(key=metric))
+                        return teacher_value(teachers.get(t), spec)
                     return (rows.get(row, {}).get(bits, {}).get(metric) or {}).get('mean')
                 kind = check['type']
                 if kind == 'order':
@@ -132,7 +140,7 @@ def markdown(data, labels, teacher_labels):
                 continue
             lines += [f'{metric["name"]}:', '']
             body = []
-            fp_value = metric_value(fp, metric) if fp else None
+            fp_value = teacher_value(fp, metric)
             if fp_value is not None:
                 body.append(['FP teacher'] + [fmt(fp_value)] * len(data['bits']))
             for row in data['rows']:
@@ -144,8 +152,8 @@ def markdown(data, labels, teacher_labels):
               '"—": not run yet.', '']
     if data['checks']:
         lines += ['## Checks', '']
-        lines += [f'- [{c["status"]}] `{c["teacher"]}` {bits_label(c["bits"])}: {c["check"]} ({c["detail"]})'
-                  for c in data['checks']]
+        lines += [f'- [{c["status"]}] `{c["teacher"]}` {bits_label(c["bits"])}, `{c["metric"]}`: {c["check"]} '
+                  f'({c["detail"]})' for c in data['checks']]
         lines.append('')
     if data['synthetic_sets']:
         lines += ['## Synthetic sets (one per teacher and set, shared by all bit-widths and seeds)', '',

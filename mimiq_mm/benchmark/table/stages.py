@@ -15,7 +15,7 @@ from mmengine.config import Config
 
 from ...apis import init_model
 from ...datasets import SyntheticImageDataset
-from ...synthesis import (SyntheticSet, build_synthesizer, load_manifest, open_synthetic_set,
+from ...synthesis import (SyntheticSet, build_synthesizer, file_sha256, load_manifest, open_synthetic_set,
                           prepare_synthetic_set)
 from .hooks import DeadlineHook, TrainingTimeGuardHook
 from .recipe import load_teacher_config, parse_bits, quantization_config
@@ -23,6 +23,18 @@ from .selection import head_similarity_summary, select_synthetic_set
 from .state import latest_checkpoint
 
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+_SHA = {}
+
+
+def cached_sha256(path):
+    """sha256 of a file, remembered per (path, size, mtime): teacher files are hashed for every unit."""
+    if not path or not osp.isfile(path):
+        return None
+    stat = os.stat(path)
+    key = (osp.abspath(path), stat.st_size, stat.st_mtime)
+    if key not in _SHA:
+        _SHA[key] = file_sha256(path)
+    return _SHA[key]
 
 
 class UnitRunner:
@@ -90,7 +102,36 @@ class UnitRunner:
                                             interval=int(self.recipe.finetune_settings(t).get('checkpoint_interval',
                                                                                               1000)))
         cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
+        if self.scores_agreement(cfg):  # the student's maps also scored against the teacher's
+            cfg.test_evaluator = _as_list(cfg.test_evaluator) + [
+                dict(type='mimiq_mm.SegAgreementMetric', reference=self.teacher_predictions_path(t))]
         return cfg
+
+    def scores_agreement(self, cfg) -> bool:
+        """Whether the recipe asks for fidelity to the teacher and the config can give it (a
+        segmentor scored by mmseg's IoUMetric)."""
+        return bool(self.recipe.data.get('teacher_agreement')) and any(
+            str(m.get('type', '')).split('.')[-1] == 'IoUMetric' for m in _as_list(cfg.get('test_evaluator')))
+
+    def teacher_predictions_path(self, t) -> str:
+        """Named after the split and the checkpoint, so that a retrained teacher writes its own."""
+        split, teacher = self.recipe.data.get('test_split', 'test'), cached_sha256(self.teacher_checkpoint(t))
+        return osp.join(self.work.teacher_dir(t), f'predictions_{split}_{(teacher or "missing")[:12]}.npz')
+
+    def write_teacher_predictions(self, t):
+        """The teacher's label maps on the test split (the reference of SegAgreementMetric),
+        written once."""
+        path = self.teacher_predictions_path(t)
+        if osp.isfile(path):
+            return
+        cfg = self.teacher_config(t)
+        cfg.load_from = osp.abspath(self.teacher_checkpoint(t))
+        cfg.test_evaluator = dict(type='mimiq_mm.SegPredictionWriter', out_file=path)
+        for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
+            cfg[key] = None
+        cfg.resume = False
+        self.log(f'[{t}] writing the teacher\'s predictions on the test split to {path}')
+        self.build_runner(cfg, osp.join(self.work.teacher_dir(t), 'predictions'), f'predictions-{t}').test()
 
     def build_runner(self, cfg, work_dir, tag):
         from mmengine.runner import Runner
@@ -201,6 +242,8 @@ class UnitRunner:
                 cfg[key] = None
             cfg.resume = False
             runner = self.build_runner(cfg, folder, f'eval-{unit.key}')
+        if unit.row is not None and self.scores_agreement(runner.cfg):
+            self.write_teacher_predictions(unit.teacher)
         start = time.time()
         metrics = {k: float(v) for k, v in runner.test().items()}
         return dict(metrics=metrics, eval_seconds=round(time.time() - start, 2),
@@ -237,6 +280,10 @@ class UnitRunner:
         if unit.kind == 'quant':
             return quant
         return dict(quant=quant, data=self.recipe.data.get('test_split'))
+
+
+def _as_list(value):
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _has_key(cfg, dotted):
