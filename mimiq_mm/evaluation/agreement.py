@@ -89,9 +89,8 @@ class SegAgreementMetric(BaseMetric):
                 raise FileNotFoundError(f'SegAgreementMetric: reference predictions {self.reference} not found; write '
                                         "them with the reference model and test_evaluator=dict(type="
                                         "'mimiq_mm.SegPredictionWriter', out_file=...)")
-            with np.load(self.reference) as stored:
-                self._maps = {name: stored[name] for name in stored.files}
-        if key not in self._maps:
+            self._maps = np.load(self.reference)  # read lazily, one image's map at a time
+        if key not in self._maps.files:
             raise KeyError(f'SegAgreementMetric: image {key!r} has no map in {self.reference} (written for another '
                            'test split?)')
         return self._maps[key]

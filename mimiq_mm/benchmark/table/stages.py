@@ -127,9 +127,7 @@ class UnitRunner:
         cfg = self.teacher_config(t)
         cfg.load_from = osp.abspath(self.teacher_checkpoint(t))
         cfg.test_evaluator = dict(type='mimiq_mm.SegPredictionWriter', out_file=path)
-        for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
-            cfg[key] = None
-        cfg.resume = False
+        _test_only(cfg)
         self.log(f'[{t}] writing the teacher\'s predictions on the test split to {path}')
         self.build_runner(cfg, osp.join(self.work.teacher_dir(t), 'predictions'), f'predictions-{t}').test()
 
@@ -238,9 +236,7 @@ class UnitRunner:
                 cfg.load_from = osp.join(self.work.unit_dir(unit), f'student_w{w}a{a}.pth')
                 cfg.custom_hooks = []
                 folder = osp.join(self.work.unit_dir(unit), 'eval')
-            for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
-                cfg[key] = None
-            cfg.resume = False
+            _test_only(cfg)
             runner = self.build_runner(cfg, folder, f'eval-{unit.key}')
         if unit.row is not None and self.scores_agreement(runner.cfg):
             self.write_teacher_predictions(unit.teacher)
@@ -280,6 +276,13 @@ class UnitRunner:
         if unit.kind == 'quant':
             return quant
         return dict(quant=quant, data=self.recipe.data.get('test_split'))
+
+
+def _test_only(cfg):
+    """Strip the training parts of a config that only tests a loaded checkpoint."""
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
+        cfg[key] = None
+    cfg.resume = False
 
 
 def _as_list(value):
