@@ -87,10 +87,11 @@ def test_agreement_names_the_fix_for_a_missing_or_foreign_reference(tmp_path, re
 @pytest.mark.parametrize('agreement,evaluator,expected', [
     (True, dict(type='IoUMetric', iou_metrics=['mIoU']), True),
     (True, [dict(type='mmseg.IoUMetric')], True),
-    (True, dict(type='CocoMetric', metric=['bbox']), False),
+    (True, dict(type='CocoMetric', metric=['bbox']), True),
+    (True, dict(type='Accuracy'), False),
     (False, dict(type='IoUMetric'), False),
 ])
-def test_driver_scores_agreement_only_for_segmentors_it_is_asked_for(agreement, evaluator, expected):
+def test_driver_scores_agreement_only_for_dense_tasks_it_is_asked_for(agreement, evaluator, expected):
     runner = UnitRunner.__new__(UnitRunner)
     runner.recipe = types.SimpleNamespace(data=dict(teacher_agreement=agreement))
     assert runner.scores_agreement(dict(test_evaluator=evaluator)) is expected
@@ -155,5 +156,6 @@ def test_teacher_predictions_are_named_after_the_checkpoint(tmp_path):
     for content in (b'first', b'second'):
         checkpoint.write_bytes(content)
         os.utime(checkpoint, (len(content), len(content)))  # another mtime: the hash cache sees a new file
-        paths.append(runner.teacher_predictions_path('seg'))
+        paths.append(runner.teacher_predictions_path('seg', dict(type='IoUMetric')))
     assert paths[0] != paths[1] and all(osp.basename(p).startswith('predictions_validation_') for p in paths)
+    assert runner.teacher_predictions_path('seg', [dict(type='mmdet.CocoMetric')]).endswith('.json')

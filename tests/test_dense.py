@@ -239,6 +239,16 @@ def test_mask_rcnn_swin_train_and_test(tmp_path):
             check_metric(metrics, key)
             # the exported student is the trained one, under either tool
             assert metrics[key] == pytest.approx(validated[key], abs=1e-3), (name, key)
+    # fidelity to a reference detector (tools/test.py --save-detections, --agreement): the student's
+    # own detections (all of them: the tiny model is untrained) as ground truth give its boxes 100
+    detections = str(tmp_path / 'student_detections.json')
+    run_tool([TEST, cfg, student, '--work-dir', str(tmp_path / 'dets'), '--save-detections', detections,
+              '--score-thr', '0'], cwd=str(tmp_path))
+    agreement_dir = str(tmp_path / 'agreement')
+    run_tool([TEST, cfg, student, '--work-dir', agreement_dir, '--agreement', detections], cwd=str(tmp_path))
+    metrics = read_test_metrics(agreement_dir)
+    assert metrics['teacher/bbox_mAP'] == 1.0 and 'teacher/segm_mAP' in metrics, metrics
+    assert metrics['coco/bbox_mAP'] == pytest.approx(validated['coco/bbox_mAP'], abs=1e-3)
 
 
 @pytest.mark.slow

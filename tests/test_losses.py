@@ -362,6 +362,27 @@ def test_kl_distill_dense_is_mean_over_pixels():
     assert dense.item() == pytest.approx(flat.item(), rel=1e-5)
 
 
+def test_class_balanced_pixel_kl_gives_each_predicted_class_an_equal_share():
+    """SegmentorTask(class_balance=True): 15 background pixels and 1 digit pixel weigh the same in all."""
+    from mimiq_mm.models.tasks.segmentation import SegmentorTask
+    teacher = torch.zeros(1, 3, 4, 4)
+    teacher[:, 0] = 5.0  # background everywhere ...
+    teacher[0, 1, 2, 3] = 10.0  # ... but one pixel of class 1; class 2 predicted nowhere
+    weights = SegmentorTask.class_balanced_weights(teacher)
+    assert weights.shape == (1, 4, 4) and weights.mean().item() == pytest.approx(1.0)
+    assert weights[0, 2, 3].item() == pytest.approx(8.0) and weights[0, 0, 0].item() == pytest.approx(8 / 15)
+    student = torch.randn(1, 3, 4, 4)
+    per_pixel = torch.nn.functional.kl_div(student.log_softmax(1), teacher.log_softmax(1), reduction='none',
+                                           log_target=True).sum(1)
+    balanced = SegmentorTask(aux_weight=0, class_balance=True).distill_loss(dict(seg=student), dict(seg=teacher))
+    plain = SegmentorTask(aux_weight=0).distill_loss(dict(seg=student), dict(seg=teacher))
+    assert plain['loss_kd'].item() == pytest.approx(per_pixel.mean().item(), rel=1e-5)
+    expected = 0.5 * per_pixel[0, 2, 3] + 0.5 * (per_pixel.sum() - per_pixel[0, 2, 3]) / 15
+    assert balanced['loss_kd'].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match='weight'):
+        KLDistillLoss()(student, teacher, torch.ones(1, 4))
+
+
 # ---------------------------------------------------------------------------------------------
 # Synthesis losses
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Usage:
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl]
                                            [--show-dir DIR] [--cfg-options k=v ...]
-                                           [--save-label-maps MAPS.npz] [--agreement MAPS.npz]
+                                           [--save-label-maps MAPS.npz | --save-detections DETS.json]
+                                           [--score-thr 0.3] [--agreement MAPS.npz|DETS.json]
                                            [--launcher {none,pytorch,slurm,mpi}]
 
 Distributed runs go through tools/dist_test.sh.
@@ -31,9 +32,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--save-label-maps', metavar='MAPS.npz',
                         help='segmentors: also write the predicted label maps to this .npz (the reference of '
                         '--agreement, e.g. made with the teacher)')
-    parser.add_argument('--agreement', metavar='MAPS.npz',
-                        help='segmentors: also score the predictions against label maps saved with '
-                        '--save-label-maps (teacher/mIoU, teacher/aAcc: fidelity to that model)')
+    parser.add_argument('--save-detections', metavar='DETS.json',
+                        help='detectors: also write the detections scoring >= --score-thr to this COCO instances .json '
+                        '(the reference of --agreement, e.g. made with the teacher)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='--save-detections keeps the detections scoring at least this (default 0.3)')
+    parser.add_argument('--agreement', metavar='MAPS.npz|DETS.json',
+                        help='also score the predictions against a reference saved with --save-label-maps '
+                        '(teacher/mIoU, teacher/aAcc) or --save-detections (teacher/bbox_mAP, teacher/segm_mAP): '
+                        'fidelity to that model')
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -61,17 +68,35 @@ def _enable_visualization(cfg, show_dir: str) -> None:
                         f'not {scope!r}')
 
 
+def _add_fidelity_metrics(runner, args) -> None:
+    """Append the writer of --save-label-maps/--save-detections and the metric of --agreement to
+    the test evaluator, each chosen by the config's own evaluator (IoUMetric or CocoMetric)."""
+    from mmengine.registry import METRICS
+
+    from mimiq_mm.evaluation import fidelity_metric, reference_writer
+    evaluator = runner.cfg.test_evaluator
+    try:
+        configs = ([reference_writer(evaluator, args.save_label_maps)] if args.save_label_maps else []) + (
+            [reference_writer(evaluator, args.save_detections, score_thr=args.score_thr)] if args.save_detections
+            else []) + ([fidelity_metric(evaluator, args.agreement)] if args.agreement else [])
+    except ValueError as error:
+        exit_with_error(str(error))
+    for config in configs:  # the test loop gave the dataset's meta to the metrics it was built with
+        metric = METRICS.build(config)
+        metric.dataset_meta = runner.test_evaluator.dataset_meta
+        runner.test_evaluator.metrics.append(metric)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if not is_remote(args.checkpoint):
         require_file(args.checkpoint, 'checkpoint file')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         exit_with_error(f'--out must name a .pkl or .pickle file, got {args.out}')
-    for flag, path in (('--save-label-maps', args.save_label_maps), ('--agreement', args.agreement)):
-        if path is not None and not path.endswith('.npz'):
-            exit_with_error(f'{flag} must name a .npz file, got {path}')
+    if args.save_label_maps and args.save_detections:
+        exit_with_error('--save-label-maps (segmentors) and --save-detections (detectors) exclude each other')
     if args.agreement is not None:
-        require_file(args.agreement, 'label maps of --agreement (write them with --save-label-maps)')
+        require_file(args.agreement, 'reference of --agreement (write it with --save-label-maps or --save-detections)')
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     set_work_dir(cfg, args.config, args.work_dir)
@@ -87,12 +112,7 @@ def main(argv=None) -> None:
         if args.out is not None:
             from mmengine.evaluator import DumpResults
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-        from mimiq_mm.evaluation import SegAgreementMetric, SegPredictionWriter
-        extra = ([SegPredictionWriter(out_file=args.save_label_maps)] if args.save_label_maps else []) + (
-            [SegAgreementMetric(reference=args.agreement)] if args.agreement else [])
-        for metric in extra:  # the test loop gave the dataset's meta to the metrics it was built with
-            metric.dataset_meta = runner.test_evaluator.dataset_meta
-            runner.test_evaluator.metrics.append(metric)
+        _add_fidelity_metrics(runner, args)
         runner.test()
 
 

@@ -24,6 +24,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+def split_named_path(text: str, example: str):
+    """``'NAME=PATH'`` (a model's predictions on the command line) -> (name, path)."""
+    name, sep, path = text.partition('=')
+    if not sep or not name or not path:
+        raise AnalysisInputError(f'write each file as NAME={example}, got {text!r}')
+    return name, path
+
+
 def new_parser(description) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 

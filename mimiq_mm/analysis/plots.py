@@ -189,3 +189,32 @@ def plot_label_map_agreement(images, reference_name: str, references: Sequence[n
             ax.set_title(title, fontsize=8)
             _hide_ticks(ax)
     return save_figure(figure, path)
+
+
+def plot_detection_agreement(images, reference_name: str, reference_boxes: Sequence[list],
+                             model_boxes: Dict[str, Sequence[list]], row_titles: Sequence[str], path,
+                             model_titles: Dict[str, str]) -> str:
+    """One row per image: the image, the reference's boxes (white), then each model's boxes
+    coloured against the reference (from :func:`mimiq_mm.analysis.detections.boxes_to_draw`).
+
+    Args:
+        images: uint8 (H, W, 3) arrays.
+        reference_boxes: per image, (N, 4) xyxy boxes.
+        model_boxes: {model name: per image, [(box, colour, line style)]}.
+        model_titles: {model name: column title}.
+    """
+    from matplotlib.patches import Rectangle
+    ncols = 2 + len(model_boxes)
+    figure = new_figure(2.2 * ncols, 2.4 * len(images))
+    axes = figure.subplots(len(images), ncols, squeeze=False, gridspec_kw=dict(hspace=0.35))  # two-line titles
+    for row, image in enumerate(images):
+        columns = [(row_titles[row], []), (reference_name, [(b, 'white', '-') for b in reference_boxes[row]])]
+        columns += [(model_titles[name], boxes[row]) for name, boxes in model_boxes.items()]
+        for ax, (title, boxes) in zip(axes[row], columns):
+            ax.imshow(image, interpolation='nearest')
+            for (x1, y1, x2, y2), colour, style in boxes:
+                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linestyle=style,
+                                       linewidth=1.2))
+            ax.set_title(title, fontsize=8)
+            _hide_ticks(ax)
+    return save_figure(figure, path)

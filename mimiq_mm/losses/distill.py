@@ -29,11 +29,13 @@ class KLDistillLoss(nn.Module):
     def extra_repr(self):
         return f'temperature={self.temperature}, loss_weight={self.loss_weight}'
 
-    def forward(self, student_logits, teacher_logits):
+    def forward(self, student_logits, teacher_logits, weight=None):
         """
         Args:
             student_logits (Tensor): (B, C) or (B, C, *spatial).
             teacher_logits (Tensor): same shape.
+            weight (Tensor, optional): (B, *spatial) non-negative weights of the samples / pixels;
+                the loss is then their weighted mean.
 
         Returns:
             Tensor: scalar loss.
@@ -45,4 +47,10 @@ class KLDistillLoss(nn.Module):
         log_s = F.log_softmax(upcast_half(student_logits) / temp, dim=1)
         log_t = F.log_softmax(upcast_half(teacher_logits.detach()) / temp, dim=1)
         per_sample = F.kl_div(log_s, log_t, reduction='none', log_target=True).sum(dim=1)  # (B, *spatial)
-        return self.loss_weight * temp ** 2 * per_sample.mean()
+        if weight is None:
+            return self.loss_weight * temp ** 2 * per_sample.mean()
+        if weight.shape != per_sample.shape:
+            raise ValueError(f'weight {tuple(weight.shape)} must have the shape of the logits without the class '
+                             f'dim, {tuple(per_sample.shape)}')
+        weight = weight.to(per_sample)
+        return self.loss_weight * temp ** 2 * (per_sample * weight).sum() / weight.sum().clamp_min(1e-12)

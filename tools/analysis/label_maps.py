@@ -19,7 +19,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import numpy as np  # noqa: E402
 
 from mimiq_mm.analysis import AnalysisInputError, save_json  # noqa: E402
-from mimiq_mm.analysis.cli import add_output_arguments, new_parser, run_tool  # noqa: E402
+from mimiq_mm.analysis.cli import add_output_arguments, new_parser, run_tool, split_named_path  # noqa: E402
 from mimiq_mm.analysis.plots import plot_label_map_agreement  # noqa: E402
 
 
@@ -35,9 +35,7 @@ def parse_args(argv=None):
 
 
 def named_file(text):
-    name, sep, path = text.partition('=')
-    if not sep or not name or not path:
-        raise AnalysisInputError(f'write each map file as NAME=PATH.npz, got {text!r}')
+    name, path = split_named_path(text, 'PATH.npz')
     if not osp.isfile(path):
         raise FileNotFoundError(f'label maps {path} not found (write them with tools/test.py --save-label-maps)')
     with np.load(path) as stored:

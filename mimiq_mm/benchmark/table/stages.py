@@ -15,6 +15,8 @@ from mmengine.config import Config
 
 from ...apis import init_model
 from ...datasets import SyntheticImageDataset
+from ...evaluation.fidelity import SUFFIX as FIDELITY_SUFFIX
+from ...evaluation.fidelity import fidelity_metric, metric_list, reference_format, reference_writer
 from ...synthesis import (SyntheticSet, build_synthesizer, file_sha256, load_manifest, open_synthetic_set,
                           prepare_synthetic_set)
 from .hooks import DeadlineHook, TrainingTimeGuardHook
@@ -102,31 +104,32 @@ class UnitRunner:
                                             interval=int(self.recipe.finetune_settings(t).get('checkpoint_interval',
                                                                                               1000)))
         cfg.default_hooks.logger = dict(type='LoggerHook', interval=50)
-        if self.scores_agreement(cfg):  # the student's maps also scored against the teacher's
-            cfg.test_evaluator = _as_list(cfg.test_evaluator) + [
-                dict(type='mimiq_mm.SegAgreementMetric', reference=self.teacher_predictions_path(t))]
+        if self.scores_agreement(cfg):  # the student's predictions also scored against the teacher's
+            cfg.test_evaluator = metric_list(cfg.test_evaluator) + [
+                fidelity_metric(cfg.test_evaluator, self.teacher_predictions_path(t, cfg.test_evaluator))]
         return cfg
 
     def scores_agreement(self, cfg) -> bool:
         """Whether the recipe asks for fidelity to the teacher and the config can give it (a
-        segmentor scored by mmseg's IoUMetric)."""
-        return bool(self.recipe.data.get('teacher_agreement')) and any(
-            str(m.get('type', '')).split('.')[-1] == 'IoUMetric' for m in _as_list(cfg.get('test_evaluator')))
+        segmentor scored by mmseg's IoUMetric, a detector by mmdet's CocoMetric)."""
+        return bool(self.recipe.data.get('teacher_agreement')) and reference_format(cfg.get('test_evaluator')) is not None
 
-    def teacher_predictions_path(self, t) -> str:
-        """Named after the split and the checkpoint, so that a retrained teacher writes its own."""
+    def teacher_predictions_path(self, t, evaluator) -> str:
+        """Named after the split and the checkpoint, so that a retrained teacher writes its own;
+        label maps (.npz) or detections (.json) as the task's ``evaluator`` scores them."""
         split, teacher = self.recipe.data.get('test_split', 'test'), cached_sha256(self.teacher_checkpoint(t))
-        return osp.join(self.work.teacher_dir(t), f'predictions_{split}_{(teacher or "missing")[:12]}.npz')
+        suffix = FIDELITY_SUFFIX[reference_format(evaluator)]
+        return osp.join(self.work.teacher_dir(t), f'predictions_{split}_{(teacher or "missing")[:12]}{suffix}')
 
     def write_teacher_predictions(self, t):
-        """The teacher's label maps on the test split (the reference of SegAgreementMetric),
+        """The teacher's predictions on the test split (the reference of the fidelity metric),
         written once."""
-        path = self.teacher_predictions_path(t)
+        cfg = self.teacher_config(t)
+        path = self.teacher_predictions_path(t, cfg.test_evaluator)
         if osp.isfile(path):
             return
-        cfg = self.teacher_config(t)
         cfg.load_from = osp.abspath(self.teacher_checkpoint(t))
-        cfg.test_evaluator = dict(type='mimiq_mm.SegPredictionWriter', out_file=path)
+        cfg.test_evaluator = reference_writer(cfg.test_evaluator, path)
         _test_only(cfg)
         self.log(f'[{t}] writing the teacher\'s predictions on the test split to {path}')
         self.build_runner(cfg, osp.join(self.work.teacher_dir(t), 'predictions'), f'predictions-{t}').test()
@@ -283,10 +286,6 @@ def _test_only(cfg):
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler'):
         cfg[key] = None
     cfg.resume = False
-
-
-def _as_list(value):
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _has_key(cfg, dotted):

@@ -1,0 +1,91 @@
+"""Fidelity to a reference detector: its detections written as COCO ground truth.
+
+The segmentation analogue is :mod:`.agreement`. For detectors no new metric is needed: once the
+teacher's confident detections are stored as a COCO instances file, mmdet's own ``CocoMetric``
+with that file as ``ann_file`` scores any student against them (``teacher/bbox_mAP``,
+``teacher/segm_mAP``: 100 = the teacher's boxes and masks exactly, whatever the annotations say).
+"""
+import json
+import os
+import os.path as osp
+from typing import Optional, Sequence
+
+import numpy as np
+from mmengine.evaluator import BaseMetric
+
+from ..registry import METRICS
+
+
+def _instances(data_sample: dict) -> dict:
+    if 'pred_instances' not in data_sample or 'bboxes' not in data_sample['pred_instances']:
+        raise ValueError('detections come from detectors (data samples with pred_instances.bboxes); this model '
+                         f'predicts {sorted(k for k in data_sample if k.startswith("pred_"))}')
+    return data_sample['pred_instances']
+
+
+def _encode_masks(masks: np.ndarray) -> list:
+    """(N, H, W) bool -> N compressed COCO RLEs with ``counts`` as str (JSON-ready)."""
+    from pycocotools import mask as mask_utils
+    rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))
+    for rle in rles:
+        rle['counts'] = rle['counts'].decode()
+    return rles
+
+
+@METRICS.register_module()
+class DetPredictionWriter(BaseMetric):
+    """Writes a detector's confident detections on every test image as a COCO instances file
+    (``images``, ``categories`` from the dataset's classes, one ``annotation`` per detection with
+    its box, mask as RLE when the model predicts masks, and score); reports no metric.
+
+    Args:
+        out_file (str): the ``.json`` to write (atomically, once all images are seen).
+        score_thr (float): detections scoring below it are left out: they are the ones a user of
+            the model would not draw (mmdet's visualiser uses 0.3 too).
+    """
+
+    def __init__(self, out_file: str, score_thr: float = 0.3, collect_device: str = 'cpu',
+                 prefix: Optional[str] = None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        if not 0 <= score_thr < 1:
+            raise ValueError(f'DetPredictionWriter: score_thr must be in [0, 1), got {score_thr}')
+        self.out_file = out_file
+        self.score_thr = score_thr
+
+    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
+        for sample in data_samples:
+            pred = _instances(sample)
+            keep = (pred['scores'] >= self.score_thr).cpu().numpy()
+            boxes = pred['bboxes'].cpu().numpy()[keep]
+            masks = pred['masks'].cpu().numpy()[keep] if 'masks' in pred else None
+            self.results.append(dict(
+                img_id=sample['img_id'], height=int(sample['ori_shape'][0]), width=int(sample['ori_shape'][1]),
+                file_name=osp.basename(sample.get('img_path') or str(sample['img_id'])),
+                boxes=boxes, scores=pred['scores'].cpu().numpy()[keep], labels=pred['labels'].cpu().numpy()[keep],
+                masks=_encode_masks(masks) if masks is not None and len(masks) else ([] if masks is not None else None)))
+
+    def compute_metrics(self, results: list) -> dict:
+        from pycocotools import mask as mask_utils
+        classes = self.dataset_meta['classes']
+        coco = dict(images=[], annotations=[], info=dict(description=f'detections with score >= {self.score_thr}'),
+                    categories=[dict(id=i + 1, name=name) for i, name in enumerate(classes)])
+        for image in results:
+            coco['images'].append(dict(id=image['img_id'], width=image['width'], height=image['height'],
+                                       file_name=image['file_name']))
+            for i, (box, score, label) in enumerate(zip(image['boxes'], image['scores'], image['labels'])):
+                x1, y1, x2, y2 = (float(v) for v in box)
+                annotation = dict(id=len(coco['annotations']) + 1, image_id=image['img_id'], category_id=int(label) + 1,
+                                  bbox=[x1, y1, x2 - x1, y2 - y1], area=(x2 - x1) * (y2 - y1), iscrowd=0,
+                                  score=float(score))
+                if image['masks'] is not None:
+                    annotation['segmentation'] = image['masks'][i]
+                    annotation['area'] = float(mask_utils.area(image['masks'][i]))  # COCO's size ranges use it
+                coco['annotations'].append(annotation)
+        if len({image['id'] for image in coco['images']}) != len(coco['images']):
+            raise ValueError('DetPredictionWriter: two test images share an img_id')
+        os.makedirs(osp.dirname(osp.abspath(self.out_file)), exist_ok=True)
+        partial = self.out_file + '.partial'
+        with open(partial, 'w') as f:
+            json.dump(coco, f)
+        os.replace(partial, self.out_file)
+        return {}
