@@ -159,3 +159,29 @@ def test_teacher_predictions_are_named_after_the_checkpoint(tmp_path):
         paths.append(runner.teacher_predictions_path('seg', dict(type='IoUMetric')))
     assert paths[0] != paths[1] and all(osp.basename(p).startswith('predictions_validation_') for p in paths)
     assert runner.teacher_predictions_path('seg', [dict(type='mmdet.CocoMetric')]).endswith('.json')
+
+
+def test_report_leaves_out_checks_of_rows_it_does_not_show():
+    from mimiq_mm.benchmark.table.report import checks_on_rows
+    checks = [dict(type='gap', row='mimiq', ref='fp', at_most=1),
+              dict(type='gap', row='mimiq_auto', ref='real_ft', at_most=5),
+              dict(type='margin', row='mimiq_auto', over='base', at_least=0),
+              dict(type='order', rows=['real_ft', 'mimiq_auto', 'base', 'noise_ptq'])]
+    kept = checks_on_rows(checks, ['noise_ptq', 'base', 'mimiq_auto', 'real_ft'])
+    assert kept == checks[1:]
+    assert checks_on_rows(checks, ['mimiq']) == checks[:1]
+
+
+def test_dense_recipe_default_table_and_checks_name_known_rows_and_metrics():
+    """configs/dense_bench/benchmark.py: the scale's default rows and teachers exist, and every check
+    speaks of known rows and metrics (a typo would leave a check silently n/a)."""
+    from mimiq_mm.benchmark.table.recipe import Recipe
+    recipe = Recipe(osp.join(osp.dirname(__file__), '..', 'configs', 'dense_bench', 'benchmark.py'), 'cpu-2core', {})
+    scale = recipe.scale
+    assert set(scale['rows']) <= set(recipe.rows) and set(scale['teachers']) <= set(scale['teacher_configs'])
+    metric_keys = {m['key'] for m in recipe.metrics}
+    for check in recipe.checks:
+        rows = set(check.get('rows', [])) | {check[k] for k in ('row', 'ref', 'over') if k in check}
+        assert rows <= set(recipe.rows) | {'fp'}, check
+        assert check.get('metric') is None or check['metric'] in metric_keys, check
+        assert set(check['bits']) <= set(recipe.raw['all_bits']), check

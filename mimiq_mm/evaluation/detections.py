@@ -62,7 +62,7 @@ class DetPredictionWriter(BaseMetric):
                 img_id=sample['img_id'], height=int(sample['ori_shape'][0]), width=int(sample['ori_shape'][1]),
                 file_name=osp.basename(sample.get('img_path') or str(sample['img_id'])),
                 boxes=boxes, scores=pred['scores'].cpu().numpy()[keep], labels=pred['labels'].cpu().numpy()[keep],
-                masks=_encode_masks(masks) if masks is not None and len(masks) else ([] if masks is not None else None)))
+                masks=None if masks is None else _encode_masks(masks) if len(masks) else []))
 
     def compute_metrics(self, results: list) -> dict:
         from pycocotools import mask as mask_utils

@@ -45,7 +45,8 @@ def parse_args(argv, default_recipe, description):
                    help="units to run, globs on their keys: '<teacher>/teacher', '<teacher>/synth/<set>', "
                    "'<teacher>/<row>/<bits>/s<seed>' (e.g. 'vit/*/w3a3/*'); dependencies are not pulled in")
     g.add_argument('--teachers', nargs='+', help='teachers of the scale (default: the scale\'s)')
-    g.add_argument('--rows', '--methods', nargs='+', dest='rows', help='rows of the table (default: all)')
+    g.add_argument('--rows', '--methods', nargs='+', dest='rows',
+                   help="rows of the table (default: the scale's 'rows', else all)")
     g.add_argument('--bits', nargs='+', help='e.g. w3a3 w2a4, or headline / all (default: the scale\'s)')
     g.add_argument('--seeds', nargs='+', type=int, help='fine-tuning seeds (default: the scale\'s)')
     g.add_argument('--dry-run', action='store_true', help='print the plan with the status of every unit and exit')
@@ -106,7 +107,7 @@ def build(args, argv, tool):
         restored = restore(args.restore, work_dir)
         print(f'[bench] restored {restored} files into {work_dir}', flush=True)
     size = tuple(args.image_size * 2)[:2] if args.image_size else None
-    rows = recipe.select('rows', args.rows, recipe.rows) or list(recipe.rows)
+    rows = recipe.select('rows', args.rows, recipe.rows) or list(recipe.scale.get('rows') or recipe.rows)
     return Benchmark(recipe, work_dir, teachers, rows=rows,
                      bits=recipe.bits(args.bits), seeds=args.seeds or list(recipe.scale['seeds']),
                      stages=args.stages or STAGES, only=args.only, data_root=args.data_root, image_size=size,

@@ -11,7 +11,7 @@ import traceback
 from mmengine.utils.dl_utils import collect_env
 
 from .plan import Unit, make_plan, selected
-from .report import fmt_seconds, markdown, run_checks, summarise
+from .report import checks_on_rows, fmt_seconds, markdown, run_checks, summarise
 from .state import EVAL_RECORD, RECORD, WorkDir, fingerprint, jsonable, now_iso, read_json, write_json
 from .stages import UnitRunner, cached_sha256
 
@@ -215,6 +215,7 @@ class Benchmark:
         order = self.recipe.raw.get('all_bits', [])
         bits = [b for b in order if b in self.bits or b in bits_seen]
         bits += sorted((set(self.bits) | bits_seen) - set(order))
+        rows = [r for r in self.recipe.rows if r in self.rows or any(r in s for s in summary.values())]
         data = dict(
             benchmark=self.recipe.name, scale=self.recipe.scale_name,
             scale_description=self.recipe.scale.get('description'), scale_settings=jsonable(self.recipe.scale),
@@ -223,9 +224,10 @@ class Benchmark:
             teachers={t: dict(metrics=r.get('metrics'), train=(self.work.record(Unit('teacher', t)) or {}))
                       for t, r in teachers.items()},
             teacher_names=list(dict.fromkeys(list(self.teachers) + list(teachers) + list(summary))),
-            rows=[r for r in self.recipe.rows if r in self.rows or any(r in s for s in summary.values())],
-            bits=bits, metrics=self.recipe.metrics, summary=summary, results=results, synthetic_sets=sets,
-            checks=run_checks(self.recipe.checks, summary, teachers, self.recipe.metrics, labels),
+            rows=rows, bits=bits, metrics=self.recipe.metrics, summary=summary, results=results,
+            synthetic_sets=sets,
+            checks=run_checks(checks_on_rows(self.recipe.checks, rows), summary, teachers, self.recipe.metrics,
+                              labels),
             invocations=self.meta.get('invocations', []), timings=self.meta.get('timings', {}))
         write_json(osp.join(self.work.root, 'results.json'), data)
         text = markdown(data, labels, self.recipe.teacher_labels())

@@ -49,6 +49,16 @@ def summarise(results, metrics):
     return summary
 
 
+def checks_on_rows(checks, rows):
+    """The checks that speak only of ``rows`` (and the FP teacher): a report of some rows leaves out
+    the checks of rows it does not show instead of listing them as n/a."""
+    shown = set(rows) | {'fp'}
+
+    def rows_of(check):
+        return set(check.get('rows', [])) | {check[k] for k in ('row', 'ref', 'over') if k in check}
+    return [check for check in checks if rows_of(check) <= shown]
+
+
 def run_checks(checks, summary, teachers, metrics, labels):
     """Evaluate the recipe's checks on the measured means.
 

@@ -112,7 +112,8 @@ class UnitRunner:
     def scores_agreement(self, cfg) -> bool:
         """Whether the recipe asks for fidelity to the teacher and the config can give it (a
         segmentor scored by mmseg's IoUMetric, a detector by mmdet's CocoMetric)."""
-        return bool(self.recipe.data.get('teacher_agreement')) and reference_format(cfg.get('test_evaluator')) is not None
+        asked = bool(self.recipe.data.get('teacher_agreement'))
+        return asked and reference_format(cfg.get('test_evaluator')) is not None
 
     def teacher_predictions_path(self, t, evaluator) -> str:
         """Named after the split and the checkpoint, so that a retrained teacher writes its own;
