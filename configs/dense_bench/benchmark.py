@@ -129,7 +129,7 @@ scales = {
         teachers=['maskrcnn', 'upernet_swin_fg', 'upernet_deit_fg'],
         rows=['noise_ptq', 'base', 'mimiq_auto', 'real_ft'],
         bits=['w8a8', 'w4a8', 'w4a4', 'w3a3'], seeds=[0],
-        bits_seeds=dict(w4a4=[0, 1]),
+        bits_seeds=dict(w4a4=[0, 1], w3a3=[0, 1]),
         teacher=dict(epochs=0, warmup_epochs=0, batch_size=8, lr=1e-3, weight_decay=0.05, max_seconds=None),
         synthesis=dict(num_images=64, batch_size=16, steps=100, noise_images=32, log_interval=25),
         finetune=dict(iters=200, batch_size=8, lr=1e-3, schedule='cosine', act_method='lsq', lsq_init='mean_abs',
