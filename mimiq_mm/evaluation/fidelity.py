@@ -11,8 +11,6 @@ mmdet CocoMetric   detections, .json   DetPredictionWriter        mmdet CocoMetr
 """
 from typing import Optional
 
-from mmengine.config import ConfigDict
-
 PREFIX = 'teacher'
 SUFFIX = dict(label_maps='.npz', detections='.json')
 
@@ -65,5 +63,5 @@ def fidelity_metric(evaluator, reference: str) -> dict:
         return dict(type='mimiq_mm.SegAgreementMetric', reference=reference, prefix=PREFIX)
     coco = _find(evaluator, 'CocoMetric')
     # the config's own metric list (bbox, segm), on the stored detections instead of the annotations
-    return dict(type='mmdet.CocoMetric', ann_file=reference, metric=ConfigDict(coco).get('metric', 'bbox'),
+    return dict(type='mmdet.CocoMetric', ann_file=reference, metric=coco.get('metric', 'bbox'),
                 format_only=False, prefix=PREFIX)
