@@ -18,8 +18,8 @@ import sys
 # script runs; inserted explicitly for other ways of running it).
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from train import (add_common_arguments, build_runner, exit_with_error, is_remote,  # noqa: E402
-                   load_config, prepare_distributed_without_cuda, require_file, set_work_dir,
-                   user_errors_reported)
+                   load_config, prepare_distributed_without_cuda, release_distributed, require_file,
+                   set_work_dir, user_errors_reported)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,6 +114,7 @@ def main(argv=None) -> None:
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
         _add_fidelity_metrics(runner, args)
         runner.test()
+    release_distributed()
 
 
 if __name__ == '__main__':

@@ -161,6 +161,15 @@ def main(argv=None) -> None:
         skip_validation_without_data(cfg)
         runner = build_runner(cfg)
         runner.train()
+    release_distributed()
+
+
+def release_distributed() -> None:
+    """Destroy the process group before the interpreter exits: left to exit-time destructors,
+    gloo's threads can abort a rank ('terminate called without an active exception')."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
