@@ -245,3 +245,31 @@ scales = dict(smoke=dict(finetune=dict(holdout_images=2, best_interval=2)))
     assert 'BestStudentHook: kept the student of iteration' in log
     config = open(osp.join(work, 'vit', 'runs', 'base_best_w3a3_s0', 'config.py')).read()
     assert 'holdout_images=2' in config and 'BestStudentHook' in config
+
+
+def test_two_lanes_run_every_unit_once(bench, tmp_path, capsys):
+    """--jobs 2: the teacher in the driver, then two lane processes share the other units; each
+    unit runs exactly once, a student is evaluated by the lane that trained it, the report is
+    complete, bench.json holds the one invocation and every unit's time, no claim is left."""
+    work = str(tmp_path / 'lanes')
+    rc, log = drive(['--data-root', bench['data'], '--work-dir', work, *SMOKE[:-1], '0', '1', '--jobs', '2'], capsys)
+    assert rc == 0, log[-4000:]
+    data, _ = load(work)
+    assert data['complete'] and len(data['results']) == 2 * len(ROWS)
+    driver_log = open(osp.join(work, 'logs', 'driver.log')).read()
+    assert re.search(r'\[bench\] running teacher vit/teacher', driver_log)
+    ran = re.findall(r'\[bench lane (\d)/2\] running (\w+ \S+)', driver_log)
+    names = [name for _, name in ran]
+    expected = {f'{kind} vit/{row}/w3a3/s{seed}' for kind in ('quant', 'eval') for row in ROWS for seed in (0, 1)}
+    expected |= {'synth vit/synth/noise', 'synth vit/synth/mimiq'}
+    assert sorted(names) == sorted(expected)  # all of them, none twice
+    lane_of = {name: lane for lane, name in ran}
+    for rec in data['results']:
+        key = f'vit/{rec["row"]}/w3a3/s{rec["seed"]}'
+        assert lane_of[f'eval {key}'] == lane_of[f'quant {key}']
+        assert f'--lane {lane_of[f"eval {key}"]}/2' in rec['command']
+    with open(osp.join(work, 'bench.json')) as f:
+        meta = json.load(f)
+    assert [c['command'].endswith('--jobs 2') for c in meta['invocations']] == [True]
+    assert sum(len(v) for v in meta['timings'].values()) == len(expected) + 2  # + teacher and its eval
+    assert not os.listdir(osp.join(work, 'claims'))

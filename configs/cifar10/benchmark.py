@@ -107,6 +107,9 @@ scales = {
         ptq=dict(batch_size=16, act_method='minmax'),
         eval=dict(batch_size=64),  # cache-sized batches: 10K test images in ~19 s of one core instead of ~30 s at 500 (benchmarks/cifar10/README.md)
         workers=1,
+        # after the teacher (both cores), two one-thread lanes share the other units: the small matrices
+        # of this model scale poorly over threads (benchmarks/cifar10/README.md, "Two lanes")
+        jobs=2,
         estimates=dict(teacher=920, synth=240, quant=150, eval=30),
     ),
     # One H100 session of about 30 device minutes (commands of <= 10 minutes, machine starts

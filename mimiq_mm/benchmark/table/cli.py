@@ -4,11 +4,13 @@ import os
 import os.path as osp
 import shutil
 import sys
+import time
 
 from mmengine.config import DictAction
 
 from ...utils.paths import REPO_ROOT, repo_path
 from .driver import Benchmark, main_guard
+from .lanes import UnitClaims, parse_lane, run_lanes
 from .plan import STAGES, selected
 from .recipe import Recipe
 from .report import fmt_seconds
@@ -59,6 +61,10 @@ def parse_args(argv, default_recipe, description):
     g.add_argument('--time-budget', type=float, metavar='SECONDS', help='start no unit that would not finish before '
                    'this many seconds from now; long units stop cleanly at the deadline and resume next time')
     g.add_argument('--reserve', type=float, default=20, help='seconds kept for the report and --pack')
+    g.add_argument('--jobs', type=int, metavar='N',
+                   help="after the teachers, run the other units in N parallel lanes, each with its share of the CPU "
+                   "cores (or one GPU each); default: the scale's 'jobs', else 1 (cpu-2core: 2, one thread per core)")
+    g.add_argument('--lane', help=argparse.SUPPRESS)  # 'k/N': set by the driver for the processes it starts
     g = p.add_argument_group('scale overrides (recorded in the output)')
     for flag, typ, _, _, text in SCALE_FLAGS:
         g.add_argument('--' + flag.replace('_', '-'), type=typ, help=text)
@@ -94,6 +100,10 @@ def default_work_dir(args, recipe):
 
 def build(args, argv, tool):
     recipe = Recipe(args.benchmark_config, args.scale, scale_overrides(args))
+    if args.jobs is None:
+        args.jobs = int(recipe.scale.get('jobs', 1))
+    if args.jobs < 1:
+        raise ValueError(f'--jobs must be at least 1, got {args.jobs}')
     if args.teacher_config:
         checkpoint = args.teacher_checkpoint and osp.abspath(args.teacher_checkpoint)
         teachers = {args.teacher_name: dict(label=f'{args.teacher_name} ({osp.basename(args.teacher_config)})',
@@ -113,10 +123,10 @@ def build(args, argv, tool):
                      stages=args.stages or STAGES, only=args.only, data_root=args.data_root, image_size=size,
                      time_budget=args.time_budget, reserve=args.reserve,
                      workers=args.workers if args.workers is not None else int(recipe.scale.get('workers', 0)),
-                     command=['python', tool] + list(argv))
+                     command=['python', tool] + list(argv), lane=parse_lane(args.lane) if args.lane else None)
 
 
-def run(bench, args):
+def run(bench, args, argv=(), tool=None):
     if args.dry_run:
         for unit in bench.plan:
             if selected(unit, bench.stages, bench.only):
@@ -125,15 +135,19 @@ def run(bench, args):
         return 0
     rc = 0
     try:
-        bench.execute()
+        if args.jobs > 1 and not args.lane:
+            rc = run_in_lanes(bench, args, argv, tool)
+        else:
+            bench.execute()
     finally:
-        bench.report(quiet='report' not in bench.stages)
+        if not bench.lane:  # lanes leave the report to their driver
+            bench.report(quiet='report' not in bench.stages)
         c = bench.counts
         bench.log(f'ran {len(c["ran"])}, skipped {len(c["skipped"])} (done), deferred {len(c["deferred"])} (time '
                   f'budget), stopped {len(c["partial"])} (resumable), blocked {len(c["blocked"])}, '
                   f'failed {len(c["failed"])}')
         if c['failed']:
-            rc = 1
+            rc = max(rc, 1)
             bench.log('failed: ' + ', '.join(c['failed']) + ' (tracebacks in error_*.txt of their folders)')
         if args.out:
             os.makedirs(args.out, exist_ok=True)
@@ -149,8 +163,28 @@ def run(bench, args):
     return rc
 
 
+def run_in_lanes(bench, args, argv, tool):
+    """``--jobs N``: the teachers (and their evaluations) here with every core, then the other
+    units in N lane processes (:mod:`.lanes`). Returns 1 if a lane failed, else 0."""
+    claims = UnitClaims(bench.work.root, 'driver')
+    claims.clear()  # left by an interrupted run
+    bench.execute(where=lambda u: u.kind == 'teacher' or (u.kind == 'eval' and u.row is None))
+    stages = [s for s in bench.stages if s not in ('teacher', 'report')]
+    if not stages:
+        return 0
+    seconds_left = bench.deadline - time.time() if bench.deadline else None
+    if seconds_left is not None and seconds_left <= 0:
+        return 0
+    try:
+        codes = run_lanes(osp.abspath(repo_path(tool)), argv, bench.work.root, args.jobs, stages, seconds_left, log=bench.log)
+    finally:
+        claims.clear()
+    bench.log(f'lanes ended with exit codes {codes} (their units: logs/lane*.log)')
+    return 1 if any(codes) else 0
+
+
 def main(argv=None, default_recipe='configs/cifar10/benchmark.py', tool='tools/benchmark/cifar10_table.py',
          description=__doc__):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, repo_path(default_recipe), description)
-    return main_guard(lambda: run(build(args, argv, tool), args))
+    return main_guard(lambda: run(build(args, argv, tool), args, argv, tool))

@@ -10,6 +10,7 @@ import traceback
 
 from mmengine.utils.dl_utils import collect_env
 
+from .lanes import UnitClaims, file_lock
 from .plan import Unit, make_plan, selected
 from .report import checks_on_rows, fmt_seconds, markdown, run_checks, summarise
 from .state import EVAL_RECORD, RECORD, WorkDir, fingerprint, jsonable, now_iso, read_json, write_json
@@ -38,11 +39,16 @@ class Benchmark:
         workers (int): dataloader workers.
         command (list[str]): the command line (recorded).
         fail_fast (bool): stop at the first failing unit.
+        lane (tuple | None): (k, N): this process is lane k of N (:mod:`.lanes`): it runs only
+            the units it claims, waits for units other lanes are making, and adds no invocation
+            of its own to ``bench.json`` (its driver does).
     """
 
     def __init__(self, recipe, work_dir, teachers, rows, bits, seeds, stages, only=(), data_root=None,
-                 image_size=None, time_budget=None, reserve=20.0, workers=0, command=(), fail_fast=False):
+                 image_size=None, time_budget=None, reserve=20.0, workers=0, command=(), fail_fast=False,
+                 lane=None):
         self.recipe, self.teachers = recipe, teachers
+        self.lane = lane
         self.rows, self.bits, self.seeds = rows, bits, seeds
         self.stages, self.only, self.fail_fast = list(stages), list(only), fail_fast
         self.work = WorkDir(work_dir)
@@ -51,15 +57,17 @@ class Benchmark:
         self.deadline = self.start + time_budget - reserve if time_budget else None
         self.log_path = osp.join(self.work.root, 'logs', 'driver.log')
         os.makedirs(osp.dirname(self.log_path), exist_ok=True)
+        self.claims = UnitClaims(self.work.root, f'lane {lane[0]}/{lane[1]} pid {os.getpid()}') if lane else None
         self.units = UnitRunner(recipe, self.work, teachers, self.data_root, image_size or recipe.raw['image_size'],
                                 self.deadline, workers, self.log)
         self.plan = make_plan(teachers, recipe.rows, recipe.sets, rows, bits, seeds, recipe.seeds_of)
+        self.evals = {u.key: u for u in self.plan if u.kind == 'eval'}
         self.counts = dict(ran=[], skipped=[], deferred=[], blocked=[], failed=[], partial=[])
         self.meta = self._open(command)
 
     # ------------------------------------------------------------------ bookkeeping
     def log(self, msg):
-        line = f'[bench] {msg}'
+        line = f'[bench lane {self.lane[0]}/{self.lane[1]}] {msg}' if self.lane else f'[bench] {msg}'
         print(line, flush=True)
         with open(self.log_path, 'a') as f:
             f.write(f'{time.strftime("%H:%M:%S")} {line}\n')
@@ -71,22 +79,41 @@ class Benchmark:
         if meta.get('scale') != self.recipe.scale_name:
             raise ValueError(f'{self.work.root} holds a benchmark at scale {meta.get("scale")!r}, not '
                              f'{self.recipe.scale_name!r}; give another --work-dir (two scales do not mix)')
-        self.invocation = dict(command=' '.join(shlex.quote(c) for c in command), started=now_iso(),
+        self.invocation = dict(id=f'{time.time():.3f}-{os.getpid()}',
+                               command=' '.join(shlex.quote(c) for c in command), started=now_iso(),
                                scale=self.recipe.scale_name, overrides=self.recipe.overrides, stages=self.stages,
                                only=self.only, device=device_words(),
                                environment={k: str(v) for k, v in collect_env().items()
                                             if k in ('sys.platform', 'Python', 'PyTorch', 'MMEngine', 'GPU 0')})
-        meta['invocations'].append(self.invocation)
         if self.data_root:
             meta['data_root'] = self.data_root
-        write_json(path, meta)
+        self.meta = meta
+        self.save_meta()
         self.log(f'benchmark {self.recipe.name!r}, scale {self.recipe.scale_name!r} '
                  f'({self.recipe.scale.get("description", "")}); work dir {self.work.root}; '
                  f'{self.invocation["device"]}')
-        return meta
+        return self.meta
 
-    def save_meta(self):
-        write_json(osp.join(self.work.root, 'bench.json'), self.meta)
+    def save_meta(self, timing=None):
+        """Write ``bench.json``: this invocation's entry (lanes have none) and, if given, one
+        more wall time ``(key, seconds)``, merged under a lock into what other lanes wrote."""
+        path = osp.join(self.work.root, 'bench.json')
+        with file_lock(path + '.lock'):
+            meta = read_json(path) or self.meta
+            meta.setdefault('timings', {})
+            if timing:
+                meta['timings'].setdefault(timing[0], []).append(timing[1])
+            if not self.lane:
+                calls = meta.setdefault('invocations', [])
+                same = [i for i, c in enumerate(calls) if c.get('id') == self.invocation['id']]
+                if same:
+                    calls[same[0]] = self.invocation
+                else:
+                    calls.append(self.invocation)
+            if self.data_root:
+                meta['data_root'] = self.data_root
+            write_json(path, meta)
+        self.meta = meta
 
     def settings(self, unit):
         return self.units.settings(unit, cached_sha256)
@@ -137,54 +164,100 @@ class Benchmark:
         return any(unit in u.deps and self.status(u, deps=False) != 'done' for u in self.plan
                    if u.kind in ('quant', 'synth'))
 
-    def execute(self):
-        for unit in self.plan:
-            self.units.forget(keep_key=unit.key)
-            if not selected(unit, self.stages, self.only):
-                continue
-            reason = self.skip_reason(unit)
-            if reason:
-                self.log(f'skipped {unit.name}: {reason}')
-                self.counts['blocked' if reason.startswith('blocked') else 'deferred'
-                            if reason.startswith('deferred') else 'skipped'].append(unit.name)
-                continue
-            if self.status(unit, deps=False) == 'stale':
-                self.log(f'{unit.name}: settings changed since it was done; redoing it')
-                self.work.clear(unit)
-            self.claim(unit)
-            self.log(f'running {unit.name}')
-            start = time.time()
-            try:
-                result = self.units.run(unit)
-            except Exception as err:  # noqa: BLE001  (one failing unit must not stop the table)
-                self.units.live_runners.pop(unit.key, None)
-                with open(osp.join(self.work.unit_dir(unit), f'error_{unit.kind}.txt'), 'w') as f:
-                    f.write(traceback.format_exc())
-                self.log(f'FAILED {unit.name}: {type(err).__name__}: {err}')
-                self.counts['failed'].append(unit.name)
-                if self.fail_fast:
-                    raise
-                continue
-            seconds = time.time() - start
-            if result is None:
-                self.counts['partial'].append(unit.name)
-                self.log(f'stopped {unit.name} at the time budget after {fmt_seconds(seconds)} (resumable)')
-                continue
-            self.counts['ran'].append(unit.name)
-            self.meta['timings'].setdefault(f'{unit.kind}/{unit.teacher}/{unit.row or unit.set_name or ""}',
-                                            []).append(round(seconds, 2))
-            self.save_meta()
-            write_json(self.work.record_path(unit), dict(
-                result, kind=unit.kind, key=unit.key, teacher=unit.teacher, row=unit.row, bits=unit.bits,
-                seed=unit.seed, settings=jsonable(self.settings(unit)), settings_hash=fingerprint(self.settings(unit)),
-                seconds=round(seconds, 2), finished=now_iso(), device=self.invocation['device'],
-                command=self.invocation['command']))
-            self.log(f'finished {unit.name} in {fmt_seconds(seconds)}')
-            if unit.kind == 'eval':
-                self.report(quiet=True)
+    def execute(self, where=None):
+        """Run the selected units (those ``where(unit)`` also accepts, if given) that are not done,
+        in plan order. A lane makes passes over the plan until nothing is left that it could run
+        or wait for (units other lanes are making, and what depends on them)."""
+        handled = set()
+        while self._pass(where, handled):
+            time.sleep(self.poll_seconds)
         self.units.forget()
 
-    def claim(self, unit):
+    poll_seconds = 2.0
+
+    def _pass(self, where, handled) -> bool:
+        """One pass over the plan; True if some unit waits for another lane."""
+        waiting = False
+        for unit in self.plan:
+            if unit.name in handled or not selected(unit, self.stages, self.only) or (where and not where(unit)):
+                continue
+            if self.claims is not None:
+                state = self._lane_state(unit)
+                if state == 'wait':
+                    waiting = True
+                    continue
+                if state == 'done':
+                    handled.add(unit.name)
+                    continue
+            handled.add(unit.name)
+            outcome = self._run_unit(unit)
+            if self.claims is not None:
+                self.claims.finish(unit, outcome)
+        return waiting
+
+    def _lane_state(self, unit):
+        """'done' (nothing for this lane to do: made, or ended by a lane this invocation), 'wait'
+        (another lane makes it or one of its dependencies) or 'run' (claimed by this lane now;
+        with a teacher or quant unit, its eval is claimed too, so it runs on the live runner)."""
+        claims = self.claims
+        if self.status(unit, deps=False) == 'done' or claims.ended(unit):
+            return 'done'
+        if claims.running_elsewhere(unit) or any(
+                claims.running_elsewhere(d) for d in unit.deps if self.status(d) != 'done'):
+            return 'wait'
+        if not claims.claim(unit):
+            return 'wait'
+        partner = self.evals.get(unit.key) if unit.kind in ('teacher', 'quant') else None
+        if partner is not None and selected(partner, self.stages, self.only) and self.status(partner, deps=False) != 'done':
+            claims.claim(partner)
+        return 'run'
+
+    def _run_unit(self, unit) -> str:
+        """Run one unit unless it is done, blocked or does not fit the time budget; returns what
+        happened: 'ran', 'failed', 'partial' (stopped at the budget, resumable) or the skip kind."""
+        self.units.forget(keep_key=unit.key)
+        reason = self.skip_reason(unit)
+        if reason:
+            self.log(f'skipped {unit.name}: {reason}')
+            kind = 'blocked' if reason.startswith('blocked') else 'deferred' if reason.startswith('deferred') \
+                else 'skipped'
+            self.counts[kind].append(unit.name)
+            return kind
+        if self.status(unit, deps=False) == 'stale':
+            self.log(f'{unit.name}: settings changed since it was done; redoing it')
+            self.work.clear(unit)
+        self.mark_settings(unit)
+        self.log(f'running {unit.name}')
+        start = time.time()
+        try:
+            result = self.units.run(unit)
+        except Exception as err:  # noqa: BLE001  (one failing unit must not stop the table)
+            self.units.live_runners.pop(unit.key, None)
+            with open(osp.join(self.work.unit_dir(unit), f'error_{unit.kind}.txt'), 'w') as f:
+                f.write(traceback.format_exc())
+            self.log(f'FAILED {unit.name}: {type(err).__name__}: {err}')
+            self.counts['failed'].append(unit.name)
+            if self.fail_fast:
+                raise
+            return 'failed'
+        seconds = time.time() - start
+        if result is None:
+            self.counts['partial'].append(unit.name)
+            self.log(f'stopped {unit.name} at the time budget after {fmt_seconds(seconds)} (resumable)')
+            return 'partial'
+        self.counts['ran'].append(unit.name)
+        self.save_meta(timing=(f'{unit.kind}/{unit.teacher}/{unit.row or unit.set_name or ""}', round(seconds, 2)))
+        write_json(self.work.record_path(unit), dict(
+            result, kind=unit.kind, key=unit.key, teacher=unit.teacher, row=unit.row, bits=unit.bits,
+            seed=unit.seed, settings=jsonable(self.settings(unit)), settings_hash=fingerprint(self.settings(unit)),
+            seconds=round(seconds, 2), finished=now_iso(), device=self.invocation['device'],
+            command=self.invocation['command']))
+        self.log(f'finished {unit.name} in {fmt_seconds(seconds)}')
+        if unit.kind == 'eval' and not self.lane:  # lanes leave the report to their driver
+            self.report(quiet=True)
+        return 'ran'
+
+    def mark_settings(self, unit):
         """Mark the unit's folder with the settings it runs with; partial output (synthetic
         batches, resume checkpoints) of a run with other settings is removed, not resumed."""
         os.makedirs(self.work.unit_dir(unit), exist_ok=True)
