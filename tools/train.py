@@ -165,10 +165,12 @@ def main(argv=None) -> None:
 
 
 def release_distributed() -> None:
-    """Destroy the process group before the interpreter exits: left to exit-time destructors,
-    gloo's threads can abort a rank ('terminate called without an active exception')."""
+    """Wait for every rank, then destroy the process group before the interpreter exits. A rank
+    that tears gloo down while another still works (rank 0 writing the last checkpoint) can abort
+    with 'terminate called without an active exception'."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
