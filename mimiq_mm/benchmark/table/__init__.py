@@ -1,5 +1,6 @@
 """A resumable benchmark table driver: recipe (rows, bit-widths, scales), plan (units), stages
-(train a teacher, synthesise, quantize, evaluate), state on disk, report.
+(train a teacher, synthesise, quantize, evaluate), state on disk, report, parallel lanes
+(``--jobs N``).
 
 Used by ``tools/benchmark/cifar10_table.py``; any other benchmark is a recipe file and a small
 tool calling :func:`main` with it.
