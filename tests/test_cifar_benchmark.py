@@ -273,3 +273,33 @@ def test_two_lanes_run_every_unit_once(bench, tmp_path, capsys):
     assert [c['command'].endswith('--jobs 2') for c in meta['invocations']] == [True]
     assert sum(len(v) for v in meta['timings'].values()) == len(expected) + 2  # + teacher and its eval
     assert not os.listdir(osp.join(work, 'claims'))
+
+
+def test_interrupting_the_driver_stops_its_lanes(bench, tmp_path):
+    """SIGINT to the driver alone (kill -INT) reaches its lanes: every process ends, no claim is
+    left, and the synthetic set being made keeps its finished batches for the next run."""
+    import signal
+    import time
+    work = str(tmp_path / 'interrupted')
+    cmd = [sys.executable, DRIVER, '--data-root', bench['data'], '--work-dir', work, '--scale', 'smoke', '--teachers',
+           'vit', '--rows', 'base', '--bits', 'w3a3', '--seeds', '0', '--synth-images', '16', '--synth-batch', '4',
+           '--synth-steps', '400', '--jobs', '2']
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    log = osp.join(work, 'logs', 'driver.log')
+    batches = osp.join(work, 'vit', 'synthetic', 'base', 'manifest.rank0.json')
+    for _ in range(600):  # until a lane has finished a synthetic batch
+        if osp.isfile(batches) and 'running synth vit/synth/base' in open(log).read():
+            break
+        assert driver.poll() is None, 'the run ended before it could be interrupted'
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) != 0
+    lane_logs = glob.glob(osp.join(work, 'logs', 'lane*.log'))
+    assert len(lane_logs) == 2
+    assert not os.listdir(osp.join(work, 'claims'))
+    assert not osp.isfile(osp.join(work, 'vit', 'synthetic', 'base', 'manifest.json'))  # unfinished
+    with open(batches) as f:
+        assert json.load(f)['batches']  # what was made is kept
+    ps = subprocess.run(['pgrep', '-f', f'--work-dir {work}'], capture_output=True, text=True)
+    assert ps.stdout.strip() == '', 'a lane outlived its driver'

@@ -172,7 +172,12 @@ def run_lanes(tool, argv, work_root, jobs, stages, seconds_left=None, log=print,
             offset = _echo_new_lines(driver_log, offset)
             time.sleep(poll)
     except KeyboardInterrupt:
-        for p, _ in procs:  # the lanes stop their units resumably on SIGINT
+        # Ctrl-C in a terminal reaches the lanes too (one process group); a SIGINT sent to the
+        # driver alone is passed on. Lanes stop their units resumably on it.
+        deadline = time.time() + 2.0
+        while time.time() < deadline and any(p.poll() is None for p, _ in procs):
+            time.sleep(0.1)
+        for p, _ in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
         for p, _ in procs:
