@@ -5,6 +5,7 @@ setup(
     version='0.1.0',
     description='Data-free low-bit quantization of vision transformers (MimiQ) for OpenMMLab',
     packages=find_packages(include=['mimiq_mm', 'mimiq_mm.*']),
+    package_data={'mimiq_mm.losses': ['csrc/*.cpp']},  # the L_IHC CPU kernel, compiled on first use
     python_requires='>=3.9',
     install_requires=[
         'torch>=2.1', 'mmengine>=0.10.4,<0.11', 'mmcv>=2.0.0,<2.2.0', 'timm>=1.0.20,<1.1',

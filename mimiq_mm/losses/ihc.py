@@ -4,6 +4,7 @@ import torch.nn as nn
 from pytorch_msssim import ssim as windowed_ssim
 
 from ..registry import MODELS
+from .ihc_cpu import IHCLayerCPU, kernel_applies, load_kernel
 from .ssim import DEFAULT_C1, DEFAULT_C2, global_ssim, minmax_normalize, ssim_from_moments
 from .utils import AutocastFreeFunction, require_field, select_records
 
@@ -127,11 +128,14 @@ class InterHeadCoherencyLoss(nn.Module):
         eps (float): guard of the min-max normalisation.
         max_chunk_elements (int): the windowed path processes queries in chunks so that the
             expanded head-pair tensor stays below this many elements.
+        kernel (str): for the fast global path on float32 CPU scores: ``'auto'`` (the C++ kernel of
+            :mod:`.ihc_cpu` where it builds, else PyTorch), ``'cpp'`` (the kernel, or an error) or
+            ``'torch'`` (PyTorch ops only). GPU and half-precision scores always take PyTorch.
         loss_weight (float): multiplies the result.
     """
 
     def __init__(self, similarity='abs', ssim='global', layers=None, impl='fast', win_size=3, win_sigma=1.5,
-                 c1=DEFAULT_C1, c2=DEFAULT_C2, eps=1e-8, max_chunk_elements=2 ** 25, loss_weight=1.0):
+                 c1=DEFAULT_C1, c2=DEFAULT_C2, eps=1e-8, max_chunk_elements=2 ** 25, kernel='auto', loss_weight=1.0):
         super().__init__()
         if similarity not in ('abs', 'squared'):
             raise ValueError(f"similarity must be 'abs' or 'squared', got {similarity!r}")
@@ -139,6 +143,8 @@ class InterHeadCoherencyLoss(nn.Module):
             raise ValueError(f"ssim must be 'global' or 'windowed', got {ssim!r}")
         if impl not in ('fast', 'reference'):
             raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        if kernel not in ('auto', 'cpp', 'torch'):
+            raise ValueError(f"kernel must be 'auto', 'cpp' or 'torch', got {kernel!r}")
         if win_size < 1 or win_size % 2 == 0:
             raise ValueError(f'win_size must be a positive odd number, got {win_size}')
         self.similarity = similarity
@@ -151,11 +157,12 @@ class InterHeadCoherencyLoss(nn.Module):
         self.c2 = float(c2)
         self.eps = float(eps)
         self.max_chunk_elements = int(max_chunk_elements)
+        self.kernel = kernel
         self.loss_weight = loss_weight
 
     def extra_repr(self):
         return (f'similarity={self.similarity}, ssim={self.ssim}, layers={self.layers}, impl={self.impl}, '
-                f'loss_weight={self.loss_weight}')
+                f'kernel={self.kernel}, loss_weight={self.loss_weight}')
 
     def _f(self, s):
         return s.abs() if self.similarity == 'abs' else s.pow(2)
@@ -221,6 +228,9 @@ class InterHeadCoherencyLoss(nn.Module):
         computed over the keys (in fp32); the normalised maps are never built.
         """
         _spatial_scores(record)                                        # checks the layout
+        if self.kernel != 'torch' and kernel_applies(record.scores) and load_kernel(self.kernel == 'cpp'):
+            return IHCLayerCPU.apply(record.scores, record.layout.num_prefix_tokens, self.c1, self.c2, self.eps,
+                                     self.similarity == 'squared')
         cov, low, high = _CenteredHeadGram.apply(record.scores, record.layout.num_prefix_tokens)
         r = high - low + self.eps
         mu = -low / r                                                  # mean of the normalised map
