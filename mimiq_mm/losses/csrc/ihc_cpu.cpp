@@ -69,10 +69,13 @@ std::vector<torch::Tensor> ihc_layer(torch::Tensor scores, int64_t prefix, doubl
           mn = std::min(mn, xr[k]);
           mx = std::max(mx, xr[k]);
         }
-        int64_t amin = 0, amax = 0;
-        while (amin < K - 1 && xr[amin] != mn) ++amin;
-        while (amax < K - 1 && xr[amax] != mx) ++amax;
-        arg_lo[h] = amin, arg_hi[h] = amax;
+        int32_t amin = static_cast<int32_t>(K), amax = static_cast<int32_t>(K);  // first index of each
+#pragma omp simd reduction(min : amin, amax)
+        for (int32_t k = 0; k < static_cast<int32_t>(K); ++k) {
+          amin = std::min(amin, xr[k] == mn ? k : static_cast<int32_t>(K));
+          amax = std::min(amax, xr[k] == mx ? k : static_cast<int32_t>(K));
+        }
+        arg_lo[h] = std::min<int64_t>(amin, K - 1), arg_hi[h] = std::min<int64_t>(amax, K - 1);  // NaN rows
         lo[h] = mn;
         r[h] = mx - mn + eps;
         inv_r[h] = 1.f / r[h];
