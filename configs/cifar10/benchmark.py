@@ -86,11 +86,12 @@ scales = {
         workers=0,
         estimates=dict(teacher=30, synth=10, quant=10, eval=5),
     ),
-    # A 2-core CPU (the development machine, no GPU) in about 1.5 hours: a smaller teacher (patch 4,
-    # 8x8 grid, 6 heads), 256 synthetic images, 150 fine-tuning iterations. Far below the paper's
-    # recipe and below gpu-30min; it exists so the method can be checked on real data where no GPU is lent.
+    # A 2-core CPU (the development machine, no GPU) in about 35 minutes (76 before the speed work):
+    # a smaller teacher (patch 4, 8x8 grid, 6 heads), 256 synthetic images, 150 fine-tuning iterations.
+    # Far below the paper's recipe and below gpu-30min; it exists so the method can be checked on real
+    # data where no GPU is lent.
     'cpu-2core': dict(
-        description='a 2-core CPU in ~1.5 h: 0.45 M-parameter ViT teacher (patch 4, 6 heads) trained ~15 min, '
+        description='a 2-core CPU in ~35 min: 0.45 M-parameter ViT teacher (patch 4, 6 heads) trained ~14 min, '
                     '256 synthetic images x 200 steps, 150 fine-tuning iterations; far below the paper recipe',
         teacher_configs=dict(vit='configs/cifar10/vit-cpu_p4_cifar10.py',
                              swin='configs/cifar10/swin-cpu_p4w4_cifar10.py'),

@@ -176,7 +176,8 @@ def run_in_lanes(bench, args, argv, tool):
     if seconds_left is not None and seconds_left <= 0:
         return 0
     try:
-        codes = run_lanes(osp.abspath(repo_path(tool)), argv, bench.work.root, args.jobs, stages, seconds_left, log=bench.log)
+        codes = run_lanes(osp.abspath(repo_path(tool)), argv, bench.work.root, args.jobs, stages, seconds_left,
+                          log=bench.log)
     finally:
         claims.clear()
     bench.log(f'lanes ended with exit codes {codes} (their units: logs/lane*.log)')

@@ -208,7 +208,8 @@ class Benchmark:
         if not claims.claim(unit):
             return 'wait'
         partner = self.evals.get(unit.key) if unit.kind in ('teacher', 'quant') else None
-        if partner is not None and selected(partner, self.stages, self.only) and self.status(partner, deps=False) != 'done':
+        if (partner is not None and selected(partner, self.stages, self.only)
+                and self.status(partner, deps=False) != 'done'):
             claims.claim(partner)
         return 'run'
 
