@@ -96,3 +96,35 @@ def test_locked_updates_of_one_file_lose_nothing(tmp_path):
         t.join()
     with open(path) as f:
         assert len(json.load(f)['timings']) == 100
+
+
+def stub_lane(tmp_path, owner, plan, done=(), stages=('synth', 'quant', 'eval')):
+    """A Benchmark reduced to what a lane's scheduling reads: plan, stages, claims, unit status."""
+    from mimiq_mm.benchmark.table.driver import Benchmark
+    bench = Benchmark.__new__(Benchmark)
+    bench.plan, bench.stages, bench.only = plan, list(stages), []
+    bench.evals = {u.key: u for u in plan if u.kind == 'eval'}
+    bench.claims = UnitClaims(str(tmp_path), owner)
+    bench.status = lambda unit, deps=True: 'done' if unit.name in done else 'todo'
+    return bench
+
+
+def test_a_lane_waits_for_a_dependency_still_to_come(tmp_path):
+    """Lane 1 must not take the eval of a quant unit that waits for a set lane 0 is making: taken
+    early, the eval would be skipped as blocked and never run (seen once in CI)."""
+    synth = Unit('synth', 'vit', set_name='noise')
+    quant = Unit('quant', 'vit', row='noise_ptq', bits='w3a3', seed=0, deps=[synth])
+    evaluation = Unit('eval', 'vit', row='noise_ptq', bits='w3a3', seed=0, deps=[quant])
+    plan = [synth, quant, evaluation]
+    lane0, lane1 = stub_lane(tmp_path, 'lane 0/2', plan), stub_lane(tmp_path, 'lane 1/2', plan)
+    assert lane0._lane_state(synth) == 'run'
+    assert [lane1._lane_state(u) for u in plan] == ['wait', 'wait', 'wait']
+    lane0.claims.finish(synth, 'ran')
+    made = stub_lane(tmp_path, 'lane 1/2', plan, done={synth.name})
+    assert made._lane_state(quant) == 'run'
+    assert made.claims.running_elsewhere(evaluation) is False  # the eval comes with its quant unit
+    assert stub_lane(tmp_path, 'lane 0/2', plan, done={synth.name})._lane_state(evaluation) == 'wait'
+    made.claims.finish(quant, 'failed')  # an ended dependency does not hold its dependents
+    assert made._lane_state(evaluation) == 'run'
+    only_eval = stub_lane(tmp_path / 'other', 'lane 0/2', plan, stages=('eval',))
+    assert only_eval._lane_state(evaluation) == 'run'  # a dependency no lane will make: run (and be blocked)

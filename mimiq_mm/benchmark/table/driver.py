@@ -197,13 +197,12 @@ class Benchmark:
 
     def _lane_state(self, unit):
         """'done' (nothing for this lane to do: made, or ended by a lane this invocation), 'wait'
-        (another lane makes it or one of its dependencies) or 'run' (claimed by this lane now;
+        (another lane makes it, or a dependency is still to come) or 'run' (claimed by this lane now;
         with a teacher or quant unit, its eval is claimed too, so it runs on the live runner)."""
         claims = self.claims
         if self.status(unit, deps=False) == 'done' or claims.ended(unit):
             return 'done'
-        if claims.running_elsewhere(unit) or any(
-                claims.running_elsewhere(d) for d in unit.deps if self.status(d) != 'done'):
+        if claims.running_elsewhere(unit) or any(self._coming(d) for d in unit.deps):
             return 'wait'
         if not claims.claim(unit):
             return 'wait'
@@ -212,6 +211,12 @@ class Benchmark:
                 and self.status(partner, deps=False) != 'done'):
             claims.claim(partner)
         return 'run'
+
+    def _coming(self, dep) -> bool:
+        """Whether a lane of this run may still make ``dep``: not made, not ended, selected (a
+        dependency waiting for its own dependencies counts, so its dependents wait too)."""
+        return (self.status(dep, deps=False) != 'done' and not self.claims.ended(dep)
+                and selected(dep, self.stages, self.only))
 
     def _run_unit(self, unit) -> str:
         """Run one unit unless it is done, blocked or does not fit the time budget; returns what
