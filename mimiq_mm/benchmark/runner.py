@@ -21,6 +21,7 @@ from mmengine.utils import to_2tuple
 from .. import synthesis
 from ..utils.tables import console_table
 from ..apis import init_model, load_config
+from ..losses.ihc_cpu import kernel_state
 
 from .steps import AMP_NAMES, DistillStep, SynthesisStep
 from .timing import environment, time_interleaved, time_step
@@ -166,18 +167,11 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
     result = dict(
         model=setup.name, device=device.type, precision=precision, batch=batch, image_size=list(setup.image_size),
         warmup=warmup, iters=iters, timer=timer if device.type != 'cuda' else 'cuda-events', interleaved=interleave,
-        ihc_impl=ihc_impl or 'fast', ihc_cpu_kernel=ihc_kernel_state(),
+        ihc_impl=ihc_impl or 'fast', ihc_cpu_kernel=kernel_state(),
         quant=dict(w_bits=d.quant_cfg.w_bits, a_bits=d.quant_cfg.a_bits, act_method=d.quant_cfg.act_method),
         had=setup.had, steps=steps, ratios=ratios,
         environment=environment(device, argv))
     return result
-
-
-def ihc_kernel_state():
-    """'built' if L_IHC's C++ CPU kernel ran in this process, 'unavailable' if it failed to build,
-    else 'not used'."""
-    from ..losses import ihc_cpu
-    return 'built' if 'module' in ihc_cpu._state else 'unavailable' if 'error' in ihc_cpu._state else 'not used'
 
 
 def format_table(result):

@@ -38,6 +38,11 @@ def load_kernel(required=False):
     return None
 
 
+def kernel_state() -> str:
+    """'built' (the kernel is loaded in this process), 'unavailable' (its build failed) or 'not used'."""
+    return 'built' if 'module' in _state else 'unavailable' if 'error' in _state else 'not used'
+
+
 def kernel_applies(scores) -> bool:
     """The kernel takes float32 CPU scores (the PyTorch path does the rest: GPU, bf16/fp16)."""
     return scores.device.type == 'cpu' and scores.dtype == torch.float32
