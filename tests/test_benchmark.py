@@ -58,6 +58,24 @@ def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, ca
     assert (data['batch'], data['precision'], data['device']) == (2, 'fp32', 'cpu')
 
 
+@pytest.mark.parametrize('kernel', ['torch', 'cpp'])
+def test_tool_ihc_kernel_option_picks_the_l_ihc_path(kernel, tmp_path, restore_threads, monkeypatch):
+    pytest.importorskip('mmpretrain')
+    from mimiq_mm.losses import ihc_cpu
+    calls = []
+    apply = ihc_cpu.IHCLayerCPU.apply
+    monkeypatch.setattr(ihc_cpu.IHCLayerCPU, 'apply', lambda *a: calls.append(1) or apply(*a))
+    out = tmp_path / 'bench.json'
+    _tool().main(['--timm-model', 'vit_tiny_patch16_224', '--img-size', '32', '--num-classes', '10',
+                  '--timm-kwargs', json.dumps(TINY_VIT), '--batch', '2', '--device', 'cpu', '--warmup', '1',
+                  '--iters', '1', '--threads', '1', '--steps', 'ihc', '--losses', '--ihc-kernel', kernel,
+                  '--out', str(out)])
+    data = json.loads(out.read_text())
+    assert data['ihc_kernel'] == kernel and data['losses']['ihc']['kernel'] == kernel
+    assert data['losses']['ihc']['value_diff'] < 1e-5
+    assert (len(calls) > 0) == (kernel == 'cpp')
+
+
 def test_tool_default_output_name(tmp_path):
     from mimiq_mm.benchmark import default_out_path
     path = default_out_path(dict(model='deit_small_patch16_224', device='cuda', precision='bf16', batch=128))

@@ -1,6 +1,8 @@
 """The C++ kernel of L_IHC's global path on CPU (mimiq_mm/losses/ihc_cpu.py): the same value and
 gradient as the PyTorch path on every layout, chosen by kernel='auto', and a clear error or a
 fallback when it cannot be built."""
+import platform
+
 import pytest
 import torch
 
@@ -55,6 +57,42 @@ def test_kernel_values_without_gradient_and_prefix_gradient_is_zero():
     p = c['prefix']
     assert grad[:, :, :p].abs().max() == 0 and grad[:, :, :, :p].abs().max() == 0
     assert grad[:, :, p:, p:].abs().max() > 0
+
+
+def test_a_second_backward_through_the_kernel_is_refused():
+    """The kernel's gradient is scaled in place in the backward, so a retained graph cannot reuse it."""
+    c = CASES['deit_class_token']
+    scores = random_scores(c['batch'], c['heads'], c['grid'], c['prefix']).requires_grad_(True)
+    value = InterHeadCoherencyLoss(kernel='cpp')([scores_record(scores, c['grid'], c['prefix'])])
+    first, = torch.autograd.grad(value, scores, retain_graph=True)
+    assert first.abs().max() > 0
+    with pytest.raises(RuntimeError, match='modified by an inplace operation'):
+        torch.autograd.grad(value, scores)
+
+
+def test_the_four_lane_build_equals_the_pytorch_path(monkeypatch):
+    """CPUs without AVX2 and ARM CPUs get the build with 4-float vectors; built here on purpose."""
+    flags = ['-O3'] + (['-mno-avx'] if platform.machine().lower() in ('x86_64', 'amd64') else [])
+    monkeypatch.setattr(ihc_cpu, 'build_variant', lambda: ('mimiq_ihc_cpu_test_4_lanes', flags))
+    monkeypatch.setattr(ihc_cpu, '_state', {})
+    for case in ('deit_class_token', 'swin_window_no_prefix'):
+        c = CASES[case]
+        scores = [random_scores(c['batch'], c['heads'], c['grid'], c['prefix'], seed=s) * 3 for s in range(2)]
+        value, grads = value_and_grads(InterHeadCoherencyLoss(kernel='cpp'), scores, c)
+        ref_value, ref_grads = value_and_grads(InterHeadCoherencyLoss(kernel='torch'), scores, c)
+        torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
+        for g, r in zip(grads, ref_grads):
+            assert (g - r).norm() <= 1e-4 * r.norm()
+    assert ihc_cpu.kernel_state() == 'built (mimiq_ihc_cpu_test_4_lanes, 4 lanes)'
+
+
+def test_the_build_fits_the_cpu():
+    name, flags = ihc_cpu.build_variant()
+    if torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512') and platform.machine().lower() in ('x86_64',
+                                                                                                           'amd64'):
+        assert '-mavx2' in flags and '-mfma' in flags and name.endswith('avx2')
+    else:
+        assert not any(f.startswith('-mavx') for f in flags)
 
 
 def test_auto_uses_the_kernel_on_float32_cpu_only(monkeypatch):

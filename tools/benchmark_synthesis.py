@@ -47,6 +47,9 @@ def parse_args(argv=None):
                         'paths against the map-building formulations, with their value/gradient differences')
     p.add_argument('--ihc-impl', choices=['fast', 'reference'], default=None,
                    help='L_IHC implementation (default: the config\'s, i.e. fast)')
+    p.add_argument('--ihc-kernel', choices=['auto', 'cpp', 'torch'], default=None,
+                   help="L_IHC's fast path on float32 CPU: the C++ kernel ('cpp'; 'auto' where it builds) or "
+                        "PyTorch ops ('torch'); applies to the ihc step and to --losses (default: auto)")
     p.add_argument('--cpu-timer', choices=['wall', 'process'], default='wall',
                    help="on CPU: time steps by wall clock or by this process's CPU time (steadier on a "
                         'shared machine with --threads 1); CUDA always uses events')
@@ -88,13 +91,15 @@ def main(argv=None):
     print(f'benchmarking {setup.name} on {device}, batch {args.batch}, {args.precision}, '
           f'{args.warmup} warm-up + {args.iters} timed steps each')
     result = run_benchmark(setup, args.batch, precision=args.precision, device=device, warmup=args.warmup,
-                           iters=args.iters, kinds=args.steps, ihc_impl=args.ihc_impl, timer=args.cpu_timer,
+                           iters=args.iters, kinds=args.steps, ihc_impl=args.ihc_impl, ihc_kernel=args.ihc_kernel,
+                           timer=args.cpu_timer,
                            interleave=args.interleave, argv=command)
     result['tf32'] = bool(args.tf32) if device.startswith('cuda') else None
     if args.losses:
         from mimiq_mm.benchmark.losses import format_losses, time_losses
         result['losses'] = time_losses(setup, args.batch, precision=args.precision, device=device,
-                                       warmup=args.warmup, iters=args.iters, timer=args.cpu_timer)
+                                       warmup=args.warmup, iters=args.iters, timer=args.cpu_timer,
+                                       ihc_kernel=args.ihc_kernel or 'auto')
         print(format_losses(result['losses']))
     print(format_table(result))
     path = write_result(result, args.out or default_out_path(result))

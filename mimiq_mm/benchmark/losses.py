@@ -45,12 +45,13 @@ def _teacher_records(setup, batch, precision, device):
     return rec.records
 
 
-def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, timer='wall'):
+def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, timer='wall', ihc_kernel='auto'):
     """Time L_IHC and L_HAD (forward + backward) on the teacher's attention records of one batch,
     the fast path and the map-building formulation in alternation.
 
     The scores / head outputs are recorded once (under the run's precision, so bf16 runs feed
     bf16 tensors, as in synthesis); the student's outputs for L_HAD are the teacher's plus noise.
+    ``ihc_kernel``: the fast L_IHC's ``kernel`` option ('auto', 'cpp' or 'torch').
 
     Returns:
         dict: per loss, ``fast`` and ``maps`` timings, ``speedup`` (maps / fast median time),
@@ -67,7 +68,7 @@ def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10
         noise = torch.randn(r.outputs.shape, generator=g).to(device=device, dtype=r.outputs.dtype)
         students.append((r.outputs.detach() + 0.1 * r.outputs.detach().std() * noise).requires_grad_())
     s_records = [AttentionRecord(r.name, r.layout, outputs=x) for r, x in zip(records, students)]
-    fast_ihc, fast_had = InterHeadCoherencyLoss(), HeadAttentionDistillLoss()
+    fast_ihc, fast_had = InterHeadCoherencyLoss(kernel=ihc_kernel), HeadAttentionDistillLoss()
     cases = dict(ihc=(scores, dict(fast=lambda: fast_ihc(ihc_records), maps=lambda: ihc_from_maps(ihc_records))),
                  had=(students, dict(fast=lambda: fast_had(t_records, s_records),
                                      maps=lambda: had_from_maps(t_records, s_records))))
@@ -92,6 +93,7 @@ def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10
         entry['grad_max_abs_diff'] = max(float((a - b).abs().max()) for a, b in zip(grads['fast'], grads['maps']))
         entry['grad_max_abs'] = max(float(b.abs().max()) for b in grads['maps'])
         if name == 'ihc':
+            entry['kernel'] = ihc_kernel
             # At exact ties of a row's min / max (frequent in bf16) the fast path gives that
             # gradient to one tied key instead of splitting it; compare all other entries and the
             # row sums, which must agree.

@@ -98,33 +98,36 @@ def setup_from_timm(model_name, img_size=224, num_classes=1000, timm_kwargs=None
                              had=had)
 
 
-def build_synthesizer(setup, method, precision, ihc_impl=None):
-    """The synthesizer the QAT loop would build from the setup's synthesis options, for ``method``."""
+def build_synthesizer(setup, method, precision, ihc=None):
+    """The synthesizer the QAT loop would build from the setup's synthesis options, for ``method``;
+    ``ihc``: L_IHC options that override the setup's (e.g. ``dict(kernel='torch')``)."""
     options = dict(setup.synthesis, method=method, amp_dtype=AMP_NAMES[precision], log_interval=0,
                    image_size=list(setup.image_size), num_classes=setup.num_classes)
-    if ihc_impl is not None:
-        options['ihc'] = dict(options.get('ihc') or {}, impl=ihc_impl)
+    if ihc:
+        options['ihc'] = dict(options.get('ihc') or {}, **ihc)
     return synthesis.build_synthesizer(options, setup.distiller)
 
 
-def make_step(setup, kind, batch, precision, ihc_impl=None, seed=0):
+def make_step(setup, kind, batch, precision, ihc=None, seed=0):
     from ..losses import HeadAttentionDistillLoss
     if kind in SYNTHESIS_METHODS:
-        synthesizer = build_synthesizer(setup, SYNTHESIS_METHODS[kind], precision, ihc_impl)
+        synthesizer = build_synthesizer(setup, SYNTHESIS_METHODS[kind], precision, ihc)
         return SynthesisStep(synthesizer, batch, setup.num_classes, seed=seed)
     had = HeadAttentionDistillLoss(**setup.had) if kind == 'kd_had' else None
     return DistillStep(setup.distiller, batch, setup.image_size, precision, had_loss=had, seed=seed)
 
 
 def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, kinds=STEP_KINDS,
-                  ihc_impl=None, timer='wall', interleave=False, argv=None, log=print):
+                  ihc_impl=None, ihc_kernel=None, timer='wall', interleave=False, argv=None, log=print):
     """Time each step kind in ``kinds`` on ``setup``; returns the JSON-ready result dict.
 
     By default each kind is timed on its own (warm-up, then ``iters`` calls) with its own peak
     memory. ``interleave=True`` times the kinds in alternation (one call of each per round), so a
     shared machine's changing load affects all alike and the ratios are steadier; peak memory is
-    then not attributed to a kind.
+    then not attributed to a kind. ``ihc_impl`` / ``ihc_kernel`` override L_IHC's ``impl`` and
+    ``kernel`` options (default: the setup's, i.e. the fast path with the C++ kernel on CPU).
     """
+    ihc = {k: v for k, v in dict(impl=ihc_impl, kernel=ihc_kernel).items() if v is not None}
     device = torch.device(device)
     setup.distiller.to(device)
     d = setup.distiller
@@ -148,13 +151,13 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
             log(f'  {kind:7s} {timing["ms_median"]:10.2f} ms/step  {timing["image_steps_per_s"]:10.1f} img-steps/s')
 
     if interleave:
-        calls = {kind: make_step(setup, kind, batch, precision, ihc_impl=ihc_impl) for kind in kinds}
+        calls = {kind: make_step(setup, kind, batch, precision, ihc=ihc) for kind in kinds}
         for kind, timing in time_interleaved(calls, device, warmup=warmup, iters=iters, timer=timer).items():
             finish(kind, calls[kind], timing)
         del calls
     else:
         for kind in kinds:
-            step = make_step(setup, kind, batch, precision, ihc_impl=ihc_impl)
+            step = make_step(setup, kind, batch, precision, ihc=ihc)
             finish(kind, step, time_step(step, device, warmup=warmup, iters=iters, timer=timer))
             del step
             gc.collect()
@@ -167,7 +170,7 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
     result = dict(
         model=setup.name, device=device.type, precision=precision, batch=batch, image_size=list(setup.image_size),
         warmup=warmup, iters=iters, timer=timer if device.type != 'cuda' else 'cuda-events', interleaved=interleave,
-        ihc_impl=ihc_impl or 'fast', ihc_cpu_kernel=kernel_state(),
+        ihc_impl=ihc_impl or 'fast', ihc_kernel=ihc_kernel or 'auto', ihc_cpu_kernel=kernel_state(),
         quant=dict(w_bits=d.quant_cfg.w_bits, a_bits=d.quant_cfg.a_bits, act_method=d.quant_cfg.act_method),
         had=setup.had, steps=steps, ratios=ratios,
         environment=environment(device, argv))
