@@ -137,6 +137,50 @@ def test_w8a8_graph_runs_every_matmul_on_integer_kernels(tmp_path):
     assert sum(ops.get(op, 0) for op in INTEGER_MATMULS) == linears + attention_matmuls, ops
 
 
+def dequantized_weights(path):
+    """{DequantizeLinear output: (codes - zero point) * scale} of every constant-coded node, and
+    the codes' ONNX types."""
+    import onnx
+    from onnx import numpy_helper
+    proto = onnx.load(path)
+    inits = {t.name: t for t in proto.graph.initializer}
+    values, types = {}, {}
+    for node in proto.graph.node:
+        if node.op_type == 'DequantizeLinear' and node.input[0] in inits:
+            codes = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
+            scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+            zero = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0
+            shape = [-1] + [1] * (codes.ndim - 1) if np.ndim(scale) == 1 else []
+            values[node.output[0]] = (codes - np.reshape(zero, shape)) * np.reshape(scale, shape)
+            types[node.output[0]] = inits[node.input[0]].data_type
+    return values, types
+
+
+@pytest.mark.parametrize('bits', [8, 7])
+def test_8bit_weights_are_stored_so_that_no_cpu_saturates(tmp_path, bits):
+    """8-bit weight codes go to uint8 + 128 (ONNX Runtime's uint8 x int8 kernels clip on x86 CPUs
+    without VNNI); 7-bit ones cannot saturate and stay int8. The dequantized weights are the same."""
+    import onnx
+    q, size = student(tiny_vit, bits)
+    default = export_onnx(q, str(tmp_path / 'default.onnx'), input_size=size)
+    signed = export_onnx(q, str(tmp_path / 'signed.onnx'), input_size=size, signed_8bit_weights=True)
+    weights = sum(isinstance(m, (QuantLinear, QuantConv2d)) for m in q.modules())
+    assert default['uint8_weight_initializers'] == (weights if bits == 8 else 0)
+    assert signed['uint8_weight_initializers'] == 0
+    ours, our_types = dequantized_weights(default['path'])
+    theirs, their_types = dequantized_weights(signed['path'])
+    assert ours.keys() == theirs.keys() and len(ours) >= weights
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name])
+    assert sum(t == onnx.TensorProto.UINT8 for t in our_types.values()) - sum(
+        t == onnx.TensorProto.UINT8 for t in their_types.values()) == default['uint8_weight_initializers']
+    ops = integer_ops(optimized_op_counts(default['path']))  # uint8 weights keep the integer kernels
+    linears = sum(isinstance(m, QuantLinear) for m in q.modules())
+    assert sum(ops.get(op, 0) for op in INTEGER_MATMULS) == linears + 2 * len(q.blocks), ops
+    if bits == 8:
+        assert_parity(q, default['path'], size, bits)
+
+
 @pytest.mark.slow
 def test_4bit_weights_as_int4_or_int8_codes(tmp_path):
     q, size = student(tiny_vit, 4)

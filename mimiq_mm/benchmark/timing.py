@@ -141,6 +141,9 @@ def environment(device, argv=None):
                    tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32))
     else:
         env['device_name'] = _cpu_name() or env['processor']
+        # what the CPU kernels use: torch's vector level, and whether int8 dot products can saturate
+        env['cpu_capability'] = torch.backends.cpu.get_cpu_capability()
+        env['cpu_int8_dot'] = _cpu_int8_dot()
     for name in ('timm', 'mmpretrain'):
         try:
             env[name] = __import__(name).__version__
@@ -149,6 +152,19 @@ def environment(device, argv=None):
     if argv is not None:
         env['command'] = ' '.join(argv)
     return env
+
+
+def _cpu_int8_dot():
+    """'vnni' (int8 dot products in 32 bits), 'no vnni' (x86: 16-bit pair sums that can saturate) or None."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    flags = set(line.split(':', 1)[1].split())
+                    return 'vnni' if flags & {'avx512_vnni', 'avx_vnni'} else 'no vnni'
+    except OSError:
+        pass
+    return None
 
 
 def _cpu_name():

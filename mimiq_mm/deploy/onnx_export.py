@@ -3,7 +3,9 @@
 :func:`export_onnx` runs torch's ONNX exporter (``dynamo=True``) on the model in
 :func:`~.qdq.qdq_export_mode`, with a dynamic batch dimension, then stores weight codes of 4
 bits or fewer as INT4 initializers where the opset allows (21 and later), so a W4 model is an
-eighth of its float size. What is exported depends on the task (:class:`ExportWrapper`).
+eighth of its float size, and 8-bit weight codes as uint8 so that no CPU's integer kernels
+saturate on them (:func:`unsign_saturating_weights`). What is exported depends on the task
+(:class:`ExportWrapper`).
 """
 import os
 import os.path as osp
@@ -18,6 +20,9 @@ from .qdq import DeployError, check_exportable, qdq_export_mode
 #: opsets the exporter writes and ONNX Runtime runs; INT4 initializers need 21
 MIN_OPSET, INT4_OPSET, MAX_OPSET = 17, 21, 23
 DEFAULT_OPSET = 21
+#: int8 weight codes within this range cannot saturate x86 integer kernels without VNNI: they sum
+#: two uint8 activation x int8 weight products in 16 bits (VPMADDUBSW), 2 * 255 * 64 < 2 ** 15
+SATURATION_FREE_CODES = (-64, 63)
 DEPLOY_EXTRA = 'pip install -e .[deploy]'
 
 
@@ -72,7 +77,8 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 224), batch: int = 1,
-                opset: int = DEFAULT_OPSET, int4_weights: Optional[bool] = None, dynamic_batch: bool = True):
+                opset: int = DEFAULT_OPSET, int4_weights: Optional[bool] = None, dynamic_batch: bool = True,
+                signed_8bit_weights: bool = False):
     """Export the fake-quantized ``model`` (eval mode, CPU) to ``path`` in Q/DQ form.
 
     Args:
@@ -83,9 +89,14 @@ def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 2
         int4_weights: store weight codes of 4 bits or fewer as INT4 (default: when the opset
             allows). False keeps them in int8 (twice the size, but ONNX Runtime's integer matmul
             kernels take int8 weights; INT4 weights are dequantized at run time).
+        signed_8bit_weights: keep int8 codes beyond -64..63 (8-bit weights) as int8 instead of
+            uint8 + 128. Faster only on CPUs whose kernels cannot saturate (VNNI, ARM); on x86
+            CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels then clip sums and the outputs
+            move by several percent (benchmarks/results/README.md, "Saturation").
 
     Returns:
-        dict: what was written (path, opset, size in bytes, INT4 initializers, output names).
+        dict: what was written (path, opset, size in bytes, INT4 and uint8 weight initializers,
+        output names).
     """
     require_deploy_packages(runtime=False)
     check_opset(opset)
@@ -104,11 +115,12 @@ def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 2
                                     input_names=['images'], output_names=names, verbose=False)
     proto = program.model_proto
     packed = pack_int4_weights(proto) if int4_weights else 0
+    unsigned = 0 if signed_8bit_weights else unsign_saturating_weights(proto)
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     import onnx
     onnx.save(proto, path)
-    return dict(path=path, opset=opset, bytes=osp.getsize(path), int4_initializers=packed, outputs=names,
-                input_size=[h, w], dynamic_batch=dynamic_batch)
+    return dict(path=path, opset=opset, bytes=osp.getsize(path), int4_initializers=packed,
+                uint8_weight_initializers=unsigned, outputs=names, input_size=[h, w], dynamic_batch=dynamic_batch)
 
 
 def pack_int4_weights(proto) -> int:
@@ -135,11 +147,49 @@ def pack_int4_weights(proto) -> int:
             proto.graph.initializer.append(_int4_tensor(name, zero))
             node.input[2] = name
         packed += 1
-    used = {name for node in proto.graph.node for name in node.input}
-    unused = [t for t in proto.graph.initializer if t.name not in used]
-    for tensor in unused:  # the int8 zero points the INT4 ones replaced
-        proto.graph.initializer.remove(tensor)
+    _drop_unused_initializers(proto)  # the int8 zero points the INT4 ones replaced
     return packed
+
+
+def unsign_saturating_weights(proto) -> int:
+    """Store every int8 weight initializer read by a DequantizeLinear with a code outside
+    :data:`SATURATION_FREE_CODES` (8-bit weights) as uint8 codes + 128 with zero point 128: the
+    same dequantized values, but ONNX Runtime then fuses the matmul into its uint8 x uint8
+    kernels, which do not saturate; returns how many."""
+    import onnx
+    from onnx import numpy_helper
+    inits = {t.name: t for t in proto.graph.initializer}
+    low, high = SATURATION_FREE_CODES
+    unsigned = 0
+    for node in proto.graph.node:
+        if node.op_type != 'DequantizeLinear' or node.input[0] not in inits:
+            continue
+        codes = inits[node.input[0]]
+        if codes.data_type != onnx.TensorProto.INT8:
+            continue
+        values = numpy_helper.to_array(codes).astype(np.int16)
+        if values.size == 0 or (values.min() >= low and values.max() <= high):
+            continue
+        has_zero = len(node.input) > 2 and node.input[2]
+        zero = numpy_helper.to_array(inits[node.input[2]]) if has_zero else \
+            np.zeros(numpy_helper.to_array(inits[node.input[1]]).shape, np.int8)
+        if np.any(zero != 0):  # the exporter writes symmetric weights; anything else stays as it is
+            continue
+        codes.CopyFrom(numpy_helper.from_array((values + 128).astype(np.uint8), codes.name))
+        name = f'{codes.name}_zero_point_uint8'
+        proto.graph.initializer.append(numpy_helper.from_array(np.full(zero.shape, 128, np.uint8), name))
+        while len(node.input) < 3:
+            node.input.append('')
+        node.input[2] = name
+        unsigned += 1
+    _drop_unused_initializers(proto)  # the int8 zero points the uint8 ones replaced
+    return unsigned
+
+
+def _drop_unused_initializers(proto):
+    used = {name for node in proto.graph.node for name in node.input}
+    for tensor in [t for t in proto.graph.initializer if t.name not in used]:
+        proto.graph.initializer.remove(tensor)
 
 
 def _int4_tensor(name, array):
