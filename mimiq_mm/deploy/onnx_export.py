@@ -126,16 +126,10 @@ def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 2
 def pack_int4_weights(proto) -> int:
     """Store every int8 weight initializer read by a DequantizeLinear whose codes lie in -8..7
     (weights quantized to 4 bits or fewer) as INT4, its zero point too; returns how many."""
-    import onnx
     from onnx import numpy_helper
     inits = {t.name: t for t in proto.graph.initializer}
     packed = 0
-    for node in proto.graph.node:
-        if node.op_type != 'DequantizeLinear' or node.input[0] not in inits:
-            continue
-        codes = inits[node.input[0]]
-        if codes.data_type != onnx.TensorProto.INT8:
-            continue
+    for node, codes in _int8_weight_dequantizers(proto, inits):
         values = numpy_helper.to_array(codes)
         if values.size == 0 or values.min() < -8 or values.max() > 7:
             continue
@@ -156,17 +150,11 @@ def unsign_saturating_weights(proto) -> int:
     :data:`SATURATION_FREE_CODES` (8-bit weights) as uint8 codes + 128 with zero point 128: the
     same dequantized values, but ONNX Runtime then fuses the matmul into its uint8 x uint8
     kernels, which do not saturate; returns how many."""
-    import onnx
     from onnx import numpy_helper
     inits = {t.name: t for t in proto.graph.initializer}
     low, high = SATURATION_FREE_CODES
     unsigned = 0
-    for node in proto.graph.node:
-        if node.op_type != 'DequantizeLinear' or node.input[0] not in inits:
-            continue
-        codes = inits[node.input[0]]
-        if codes.data_type != onnx.TensorProto.INT8:
-            continue
+    for node, codes in _int8_weight_dequantizers(proto, inits):
         values = numpy_helper.to_array(codes).astype(np.int16)
         if values.size == 0 or (values.min() >= low and values.max() <= high):
             continue
@@ -184,6 +172,16 @@ def unsign_saturating_weights(proto) -> int:
         unsigned += 1
     _drop_unused_initializers(proto)  # the int8 zero points the uint8 ones replaced
     return unsigned
+
+
+def _int8_weight_dequantizers(proto, inits):
+    """(DequantizeLinear node, its int8 codes initializer) of every constant int8 weight."""
+    import onnx
+    for node in proto.graph.node:
+        if node.op_type == 'DequantizeLinear' and node.input[0] in inits:
+            codes = inits[node.input[0]]
+            if codes.data_type == onnx.TensorProto.INT8:
+                yield node, codes
 
 
 def _drop_unused_initializers(proto):
