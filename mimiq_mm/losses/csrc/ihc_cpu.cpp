@@ -8,9 +8,10 @@
 // 1 - D_q; its gradient w.r.t. the scores is written into `grad` (zeros elsewhere). Same arithmetic
 // as the PyTorch path (mimiq_mm/losses/ihc.py, _layer_loss_global_stats), one block at a time in cache.
 //
-// Speed: everything runs on vectors of W floats (GCC/Clang vector extensions). A block's rows are copied into zero-padded vectors; the
-// head-pair algebra runs on whole rows of the H x H matrices (heads j in the lanes, padded lanes
-// masked), so no step is scalar per pair and no branch depends on the data.
+// Speed: everything runs on vectors of W floats (GCC/Clang vector extensions). A block's rows are
+// copied into zero-padded vectors; the head-pair algebra runs on whole rows of the H x H matrices
+// (heads j in the lanes, padded lanes masked), so no step is scalar per pair and no branch depends
+// on the data.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
