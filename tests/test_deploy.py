@@ -182,6 +182,27 @@ def test_8bit_weights_are_stored_so_that_no_cpu_saturates(tmp_path, bits):
 
 
 @pytest.mark.slow
+def test_benchmark_tool_times_every_candidate_and_checks_both_weight_formats(tmp_path):
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'deploy'))
+    try:
+        import benchmark_onnx
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / 'bench.json'
+    benchmark_onnx.main(['--timm-model', 'vit_tiny_patch16_224', '--input-size', '32', '32', '--batches', '1',
+                         '--rounds', '1', '--warmup', '0', '--work-dir', str(tmp_path / 'files'), '--out', str(out)])
+    result = json.loads(out.read_text())
+    candidates = {'torch_fp32', 'torch_fakequant', 'ort_fp32', 'ort_mimiq', 'ort_static', 'ort_mimiq_s8w'}
+    assert set(result['timings']['batch_1']) == candidates
+    assert all(t['ms_median'] > 0 for t in result['timings']['batch_1'].values())
+    for parity in (result['parity'], result['parity_s8w']):
+        assert parity['images'] == 16 and 0 <= parity['top1_agreement'] <= 1
+    assert result['parity']['max_rel_diff'] < 0.05  # uint8 weights: nothing saturates, on any CPU
+    assert result['integer_ops']['ort_mimiq'] == result['integer_ops']['ort_mimiq_s8w']
+    assert result['environment']['cpu_int8_dot'] in ('vnni', 'no vnni', None)
+
+
+@pytest.mark.slow
 def test_4bit_weights_as_int4_or_int8_codes(tmp_path):
     q, size = student(tiny_vit, 4)
     weights = sum(isinstance(m, (QuantLinear, QuantConv2d)) for m in q.modules())

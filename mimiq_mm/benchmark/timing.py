@@ -156,22 +156,22 @@ def environment(device, argv=None):
 
 def _cpu_int8_dot():
     """'vnni' (int8 dot products in 32 bits), 'no vnni' (x86: 16-bit pair sums that can saturate) or None."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('flags'):
-                    flags = set(line.split(':', 1)[1].split())
-                    return 'vnni' if flags & {'avx512_vnni', 'avx_vnni'} else 'no vnni'
-    except OSError:
-        pass
-    return None
+    flags = _cpuinfo('flags')
+    if flags is None:
+        return None
+    return 'vnni' if set(flags.split()) & {'avx512_vnni', 'avx_vnni'} else 'no vnni'
 
 
 def _cpu_name():
+    return _cpuinfo('model name')
+
+
+def _cpuinfo(field):
+    """The value of the first ``field`` line of /proc/cpuinfo (None where there is none)."""
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
-                if line.startswith('model name'):
+                if line.startswith(field):
                     return line.split(':', 1)[1].strip()
     except OSError:
         pass

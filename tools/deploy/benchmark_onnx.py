@@ -151,19 +151,17 @@ def main(argv=None):
     openvino = {key.replace('ort_', 'ov_'): openvino_model(files[key])
                 for key in ('ort_fp32', 'ort_mimiq', 'ort_mimiq_int8w') if args.openvino and key in files}
     fp_wrapper, q_wrapper = ExportWrapper(fp).eval(), ExportWrapper(student).eval()
+    probe = [calibration_images(size, seed=s) for s in (2, 3)]  # the parity checks' images
     result = dict(model=name, w_bits=args.w_bits, a_bits=args.a_bits, act_method=args.act_method,
                   input_size=list(size), opset=args.opset, rounds=args.rounds, warmup=args.warmup,
                   timer='process CPU time, one thread (torch and ONNX Runtime), candidates interleaved',
                   files={k: dict(path=p, bytes=osp.getsize(p)) for k, p in files.items()},
                   integer_ops={k: integer_ops(optimized_op_counts(p)) for k, p in files.items()},
-                  parity=compare_outputs(student, files['ort_mimiq'],
-                                         [calibration_images(size, seed=s) for s in (2, 3)]),
-                  **({'parity_s8w': compare_outputs(student, files['ort_mimiq_s8w'],
-                                                    [calibration_images(size, seed=s) for s in (2, 3)])}
+                  parity=compare_outputs(student, files['ort_mimiq'], probe),
+                  **({'parity_s8w': compare_outputs(student, files['ort_mimiq_s8w'], probe)}
                      if 'ort_mimiq_s8w' in files else {}),
                   timings={})
     if openvino:  # the exported file in OpenVINO against the PyTorch student, as for ONNX Runtime
-        probe = [calibration_images(size, seed=s) for s in (2, 3)]
         with torch.no_grad():
             ours = [q_wrapper(x).argmax(1).numpy() for x in probe]
         theirs = [openvino['ov_mimiq'](x)[0].argmax(1) for x in probe]
