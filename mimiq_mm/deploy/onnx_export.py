@@ -90,9 +90,9 @@ def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 2
             allows). False keeps them in int8 (twice the size, but ONNX Runtime's integer matmul
             kernels take int8 weights; INT4 weights are dequantized at run time).
         signed_8bit_weights: keep int8 codes beyond -64..63 (8-bit weights) as int8 instead of
-            uint8 + 128. Faster only on CPUs whose kernels cannot saturate (VNNI, ARM); on x86
-            CPUs without VNNI, ONNX Runtime's uint8 x int8 kernels then clip sums and the outputs
-            move by several percent (benchmarks/results/README.md, "Saturation").
+            uint8 + 128. Only for CPUs whose kernels cannot saturate (VNNI, ARM), where int8 may
+            be faster (not measured); on x86 CPUs without VNNI, ONNX Runtime's uint8 x int8
+            kernels then clip sums and the outputs move by several percent (benchmarks/results/README.md, "Saturation").
 
     Returns:
         dict: what was written (path, opset, size in bytes, INT4 and uint8 weight initializers,

@@ -138,7 +138,7 @@ std::vector<torch::Tensor> ihc_layer(torch::Tensor scores, int64_t prefix, doubl
     std::vector<vf> xc(H * KC);                       // centred rows, zero-padded
     std::vector<vf> C(H * HC), G(H * HC);             // C_ij and dL/dC_ij, row i, heads j in lanes
     std::vector<vf> mu(HC), inv_r(HC), diag(HC), valid(HC);
-    std::vector<float> lo(H), g_mu(H), g_r(H), sym(H);
+    std::vector<float> lo(H), g_mu(H), sym(H);
     std::vector<int64_t> arg_lo(H), arg_hi(H);
     float* mu_s = reinterpret_cast<float*>(mu.data());
     float* inv_r_s = reinterpret_cast<float*>(inv_r.data());
@@ -215,8 +215,8 @@ std::vector<torch::Tensor> ihc_layer(torch::Tensor scores, int64_t prefix, doubl
         vf t{};
         for (int64_t jc = 0; jc < HC; ++jc) t += G[h * HC + jc] * C[h * HC + jc];
         const float g_hh = reinterpret_cast<const float*>(G.data() + h * HC)[h];
-        g_r[h] = -inv_r_s[h] * (hsum(t) + g_hh * diag_s[h]) + g_mu[h] * lo[h] * inv_r_s[h] * inv_r_s[h];
-        const float g_lo = -g_mu[h] * inv_r_s[h] - g_r[h], g_hi = g_r[h];
+        const float g_r = -inv_r_s[h] * (hsum(t) + g_hh * diag_s[h]) + g_mu[h] * lo[h] * inv_r_s[h] * inv_r_s[h];
+        const float g_lo = -g_mu[h] * inv_r_s[h] - g_r, g_hi = g_r;
         const vf shift = splat(-(g_lo + g_hi) * inv_k);
         const float* g_row = reinterpret_cast<const float*>(G.data() + h * HC);
         for (int64_t j = 0; j < H; ++j) sym[j] = g_row[j] * inv_r_s[h] * inv_r_s[j] * inv_k;
