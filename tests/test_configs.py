@@ -47,6 +47,7 @@ def test_small_configs_build_quantized_captured_models(name):
     cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(cfg.model).eval()
     x = torch.randn(1, 3, 224, 224)
+    model.calibrate([x])
     with torch.no_grad(), AttentionRecorder(model.student, fields=('scores',), detach=True) as rec:
         logits = model(x, mode='tensor')
     assert logits.shape == (1, 1000)

@@ -12,9 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mimiq_mm.attention import AttentionCore, install_attention_capture
-from mimiq_mm.quant import (LSQActQuantizer, MinMaxActQuantizer, QuantConfig, QuantConv2d, QuantLinear,
-                            WeightQuantizer, build_act_quantizer, calibration, check_bits, fake_quantize,
-                            quantize_model, quantizers, reset_activation_ranges, set_quantization)
+from mimiq_mm.quant import (ActQuantizer, LSQActQuantizer, MinMaxActQuantizer, QuantConfig, QuantConv2d, QuantLinear,
+                            UncalibratedQuantizerError, WeightQuantizer, build_act_quantizer, calibration, check_bits,
+                            fake_quantize, quantize_model, quantizers, quantizers_initialized, reset_activation_ranges,
+                            set_quantization, uncalibrated_quantizers)
 
 timm = pytest.importorskip('timm')
 
@@ -338,12 +339,41 @@ def test_quantized_state_dict_round_trip(act_method):
     loaded = torch.load(buf)
 
     other = quantized_copy(make_vit(seed=1), w_bits=4, a_bits=4, act_method=act_method)
+    calibrate(other, images(9))
     with torch.no_grad():
         assert not torch.allclose(other(x), q(x))
     other.load_state_dict(loaded, strict=True)
     other.eval()
     with torch.no_grad():
         assert torch.equal(other(x), q(x))
+
+
+@pytest.mark.parametrize('act_method', ['minmax', 'lsq'])
+def test_an_uncalibrated_quantizer_refuses_to_evaluate(act_method):
+    """Evaluation never fits ranges to the batch it is evaluating; calibration and QAT may."""
+    q = quantized_copy(make_vit(), w_bits=4, a_bits=4, act_method=act_method)
+    with torch.no_grad(), pytest.raises(UncalibratedQuantizerError, match='never calibrated'):
+        q(images(1))
+    q.train()
+    q(images(1))  # QAT from the first batch (LSQ)
+    assert quantizers_initialized(q)
+
+
+@pytest.mark.parametrize('act_method', ['minmax', 'lsq'])
+def test_calibrating_only_the_uncalibrated_quantizers_keeps_the_others(act_method):
+    q = quantized_copy(make_vit(), w_bits=4, a_bits=4, act_method=act_method, lsq_init='minmax')
+    calibrate(q, images(1))
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    reset = quantizers(q, ActQuantizer)[2]
+    reset.initialized.fill_(False)
+    assert len(uncalibrated_quantizers(q)) == 1
+    with torch.no_grad(), calibration(q, only_uncalibrated=True):
+        q(images(2))  # other images: every quantizer that observed them would move
+    after = q.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    name = next(n for n, m in q.named_modules() if m is reset)
+    assert moved and all(k.startswith(name + '.') for k in moved), moved
+    assert not uncalibrated_quantizers(q)
 
 
 # ----------------------------------------------------------------------------- configuration errors
@@ -683,7 +713,9 @@ def test_weight_cache_follows_weight_updates_state_dicts_and_mode():
     # weights changed by load_state_dict (in place, no mode switch) invalidate the cache too
     with torch.no_grad():
         q(x)
-        q.load_state_dict(quantized_copy(make_vit(seed=5), w_bits=4, a_bits=4).state_dict(), strict=False)
+        replacement = quantized_copy(make_vit(seed=5), w_bits=4, a_bits=4)
+        calibrate(replacement, x)
+        q.load_state_dict(replacement.state_dict(), strict=False)
         reloaded = q(x)
         other = copy.deepcopy(q)
         for w in _weight_quantizers(other):

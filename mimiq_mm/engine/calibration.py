@@ -5,7 +5,7 @@ from mmengine.dist import broadcast, broadcast_object_list, is_distributed
 from mmengine.logging import MessageHub, print_log
 
 from ..models.distiller import SYNTHETIC_KEY
-from ..quant import reset_activation_ranges
+from ..quant import reset_activation_ranges, uncalibrated_quantizers
 from ..quant.quantizers import LSQ_INITS
 
 
@@ -54,6 +54,17 @@ def calibrate_student(distiller, batches) -> None:
     if is_distributed():
         broadcast_module_state(distiller.student)
     print_log(f'calibrated activation quantizers on {len(batches)} batches', logger='current')
+
+
+def calibrate_missing_quantizers(distiller, batches) -> None:
+    """Calibrate only the student's activation quantizers that have no state (a resumed run whose
+    checkpoint lacks some), leaving the calibrated and learned ones as they are; all ranks agree."""
+    missing = uncalibrated_quantizers(distiller.student)
+    distiller.calibrate([calibration_inputs(distiller, data) for data in batches], only_uncalibrated=True)
+    if is_distributed():
+        broadcast_module_state(distiller.student)
+    print_log(f'calibrated {len(missing)} activation quantizers the checkpoint had no state for '
+              f'(e.g. {missing[:3]}); the others keep theirs', logger='current', level=30)
 
 
 def choose_lsq_start(distiller, inputs) -> str:

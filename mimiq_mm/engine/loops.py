@@ -1,5 +1,4 @@
 """DataFreeQATLoop: synthesise (or load) a synthetic set -> calibrate -> fine-tune -> validate."""
-import itertools
 import math
 from typing import Optional
 
@@ -9,8 +8,9 @@ from mmengine.runner import IterBasedTrainLoop
 from ..datasets import SyntheticImageDataset
 from ..registry import LOOPS
 from ..synthesis import build_synthesizer, load_manifest, open_synthetic_set, prepare_synthetic_set, synthetic_root
-from .calibration import calibrate_student, first_batches
-from .interrupt import checkpoint_on_interrupt
+from ..quant import uncalibrated_quantizers
+from .calibration import calibrate_missing_quantizers, calibrate_student, first_batches
+from .interrupt import InterruptCheckpointHook
 
 
 @LOOPS.register_module()
@@ -85,46 +85,42 @@ class DataFreeQATLoop(IterBasedTrainLoop):
                              'DataFreeQATLoop')
         super().__init__(runner, dataloader, max_iters=int(max_iters), val_begin=val_begin,
                          val_interval=val_interval)
+        self.interrupt = InterruptCheckpointHook()
+        runner.register_hook(self.interrupt)
 
     @staticmethod
     def distiller_of(runner):
         return getattr(runner.model, 'module', runner.model)
 
     def run(self):
-        distiller = self.distiller_of(self.runner)
+        """The stage order; fine-tuning itself is mmengine's iteration loop (``super().run()``),
+        which also moves a resumed run past the batches it has trained on (the synthetic set is
+        in memory, so that costs no image decoding)."""
+        self.prepare_data()
+        self.calibrate()
+        with self.interrupt.armed(self.runner):
+            super().run()
+        if self._max_iters == 0 and self.runner.val_loop is not None:
+            self.runner.val_loop.run()  # post-training quantization: evaluate the calibrated student
+        return self.runner.model
+
+    def prepare_data(self):
+        """Make (or finish) the synthetic set and load it."""
         if self.synthesizer is not None:
             prepare_synthetic_set(self.synthesizer, self.synthetic_set, visualizer=self.runner.visualizer)
         if self.data_source == 'synthetic':
             self.dataloader.dataset.load()
             if self.holdout_dataset is not None:
                 self.holdout_dataset.load()
-        if not (self._iter > 0 and distiller.quantizers_initialized()):  # resumed: the state came along
-            calibrate_student(distiller, first_batches(self.dataloader, self.calibration_batches))
-        self.runner.call_hook('before_train')
-        self.runner.call_hook('before_train_epoch')
-        self._skip_trained_samples()
-        with checkpoint_on_interrupt(self.runner):
-            while self._iter < self._max_iters and not self.stop_training:
-                self.runner.model.train()
-                self.run_iter(next(self.dataloader_iterator))
-                self._decide_current_val_interval()
-                if (self.runner.val_loop is not None and self._iter >= self.val_begin
-                        and (self._iter % self.val_interval == 0 or self._iter == self._max_iters)):
-                    self.runner.val_loop.run()
-        if self._max_iters == 0 and self.runner.val_loop is not None:
-            self.runner.val_loop.run()  # post-training quantization: evaluate the calibrated student
-        self.runner.call_hook('after_train_epoch')
-        self.runner.call_hook('after_train')
-        return self.runner.model
 
-    def _skip_trained_samples(self):
-        """After a resume, move past the batches already trained on. The synthetic loader has no
-        workers and its InfiniteSampler's order is fixed by its seed, so its sampler skips the
-        indices without loading any image; a real dataset's loader (workers may have prefetched)
-        is advanced batch by batch."""
-        if self.data_source == 'synthetic':
-            sampler = self.dataloader.batch_sampler.sampler
-            sampler.indices = itertools.islice(sampler.indices, self._iter * self.dataloader.batch_size, None)
+    def calibrate(self):
+        """Initialise the student's activation quantizers on the first batches; a resumed run
+        brought their state along and calibrates only a quantizer that has none."""
+        distiller = self.distiller_of(self.runner)
+        if self._iter > 0 and not uncalibrated_quantizers(distiller.student):
+            return
+        batches = first_batches(self.dataloader, self.calibration_batches)
+        if self._iter == 0:
+            calibrate_student(distiller, batches)
         else:
-            for _ in range(self._iter):
-                next(self.dataloader_iterator)
+            calibrate_missing_quantizers(distiller, batches)

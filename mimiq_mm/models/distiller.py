@@ -6,7 +6,7 @@ evaluate the student with the task model's own data pipeline and evaluator.
 """
 import copy
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Optional
 
 import torch
@@ -19,7 +19,8 @@ from mmengine.runner.checkpoint import _load_checkpoint
 from ..attention import AttentionRecorder, install_attention_capture
 from ..datasets.augment import BatchAugment
 from ..losses import HeadAttentionDistillLoss
-from ..quant import QuantConfig, calibration, quantize_model, quantizers_initialized
+from ..quant import (LSQActQuantizer, MinMaxActQuantizer, QuantConfig, UncalibratedQuantizerError, calibration,
+                     quantize_model, quantizers, quantizers_initialized, uncalibrated_quantizers)
 from ..registry import MODELS
 from .tasks import build_task
 
@@ -169,11 +170,12 @@ class QuantDistiller(BaseModel):
 
     # ------------------------------------------------------------------ quantizers
     @torch.no_grad()
-    def calibrate(self, batches):
-        """Initialise activation quantizers on ``batches`` of preprocessed inputs (B, 3, H, W)."""
+    def calibrate(self, batches, only_uncalibrated=False):
+        """Initialise activation quantizers on ``batches`` of preprocessed inputs (B, 3, H, W)
+        (with ``only_uncalibrated``, only those that are not calibrated yet)."""
         was_training = self.student.training
         self.student.eval()
-        with calibration(self.student):
+        with calibration(self.student, only_uncalibrated):
             for inputs in batches:
                 self.task.forward_tensor(self.student, inputs)
         self.student.train(was_training)
@@ -239,10 +241,28 @@ class QuantDistiller(BaseModel):
         return total / max(count, 1)
 
     def val_step(self, data):
-        return self.student.val_step(data)
+        with self._calibration_required():
+            return self.student.val_step(data)
 
     def test_step(self, data):
-        return self.student.test_step(data)
+        with self._calibration_required():
+            return self.student.test_step(data)
+
+    @contextmanager
+    def _calibration_required(self):
+        """Evaluating a student that was never calibrated is an error that names the fix (its
+        quantizers would otherwise fit their ranges to the first test batch)."""
+        try:
+            yield
+        except UncalibratedQuantizerError as err:
+            missing = uncalibrated_quantizers(self.student)
+            total = len(quantizers(self.student, (MinMaxActQuantizer, LSQActQuantizer)))
+            raise UncalibratedQuantizerError(
+                f'{len(missing)} of the student\'s {total} activation quantizers were never calibrated '
+                f'(e.g. {missing[:3]}): the checkpoint holds no quantized student (a full-precision '
+                'checkpoint?). Evaluate the student that tools/train.py saved (work_dirs/<config>/'
+                'student_w<W>a<A>.pth or an iter_<N>.pth), or make one without fine-tuning: tools/train.py '
+                'CONFIG --cfg-options model.teacher_checkpoint=CKPT train_cfg.max_iters=0') from err
 
     def student_state_dict(self):
         """The student's weights and quantizer state, with the task model's own keys."""

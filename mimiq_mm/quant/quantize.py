@@ -128,10 +128,13 @@ def set_quantization(model, weights=True, activations=True):
 
 
 @contextmanager
-def calibration(model):
+def calibration(model, only_uncalibrated=False):
     """Within this context, min-max quantizers observe every batch (EMA) and uninitialised LSQ
-    quantizers initialise from the first batch they see."""
+    quantizers initialise from the first batch they see; with ``only_uncalibrated``, only the
+    quantizers that are not calibrated yet do (a resumed run keeps what it learned)."""
     observers = quantizers(model, (MinMaxActQuantizer, LSQActQuantizer))
+    if only_uncalibrated:
+        observers = [q for q in observers if not bool(q.initialized)]
     for q in observers:
         q.observing = True
     try:
@@ -150,6 +153,12 @@ def reset_activation_ranges(model, lsq_init=None):
         q.initialized.fill_(False)
         if lsq_init is not None and isinstance(q, LSQActQuantizer):
             q.init, q._range = lsq_init, None
+
+
+def uncalibrated_quantizers(model):
+    """Names of the activation quantizers of ``model`` that are not calibrated (nor restored)."""
+    return [name for name, q in model.named_modules()
+            if isinstance(q, (MinMaxActQuantizer, LSQActQuantizer)) and not bool(q.initialized)]
 
 
 def quantizers_initialized(model) -> bool:
