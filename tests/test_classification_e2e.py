@@ -234,6 +234,13 @@ def train_in_process(assets, tmp_path, monkeypatch):
     return run
 
 
+def test_max_iters_0_is_post_training_quantization_with_any_schedule(train_in_process, tmp_path):
+    """The fix the uncalibrated-student error names: the config's lr schedule (ConstantLR here)
+    must not stop a run without fine-tuning."""
+    assert train_in_process('train_cfg.max_iters=0') is None
+    assert (tmp_path / f'{tmp_path.name}_0' / 'student_w4a4.pth').is_file()
+
+
 @pytest.mark.parametrize('option, message', [
     ('train_cfg.synthesis.method=dream', 'unknown synthesis method'),
     ('model.quant.w_bits=9', 'from 2 to 8'),

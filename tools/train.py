@@ -155,6 +155,7 @@ def main(argv=None) -> None:
     if args.amp:
         enable_amp(cfg)
     apply_resume(cfg, args.resume)
+    drop_schedule_without_fine_tuning(cfg)
     prepare_distributed_without_cuda(cfg)
     with user_errors_reported():
         # A data-free run needs no dataset: without the validation data, validation is skipped.
@@ -162,6 +163,14 @@ def main(argv=None) -> None:
         runner = build_runner(cfg)
         runner.train()
     release_distributed()
+
+
+def drop_schedule_without_fine_tuning(cfg) -> None:
+    """``train_cfg.max_iters=0`` (or ``max_epochs=0``) is post-training quantization: nothing to
+    schedule, and mmengine refuses a scheduler that ends at iteration 0."""
+    train_cfg = cfg.get('train_cfg') or {}
+    if cfg.get('param_scheduler') and any(train_cfg.get(key) == 0 for key in ('max_iters', 'max_epochs')):
+        cfg.param_scheduler = None
 
 
 def release_distributed() -> None:
