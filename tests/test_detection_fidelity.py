@@ -144,3 +144,105 @@ def test_test_tool_adds_the_writer_and_scorer_the_config_evaluates_with(tmp_path
     with pytest.raises(SystemExit, match='name a .json file'):
         tool._add_fidelity_metrics(runner, types.SimpleNamespace(save_label_maps=str(tmp_path / 'maps.npz'),
                                                                  save_detections=None, score_thr=0.3, agreement=None))
+
+
+# ----------------------------------------------------------------------------- the reference's score threshold
+@pytest.fixture
+def log_lines():
+    """The messages of tools/test.py's options (they start with the option) on mmengine's current
+    logger during the test, as (level name, message)."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    yield lambda: [(r.levelname, r.getMessage()) for r in records if r.getMessage().startswith('--')]
+    logger.removeHandler(handler)
+
+
+def fidelity_args(**kwargs):
+    import types
+    return types.SimpleNamespace(**dict(dict(save_label_maps=None, save_detections=None, score_thr=None,
+                                             agreement=None, config='teacher.py', checkpoint='teacher.pth'), **kwargs))
+
+
+def add_fidelity_metrics(args):
+    import types
+
+    from mmengine.config import ConfigDict
+
+    from tool_loader import load_tool
+    runner = types.SimpleNamespace(cfg=ConfigDict(test_evaluator=DETECTOR_EVALUATOR),
+                                   test_evaluator=types.SimpleNamespace(metrics=[], dataset_meta=dict(classes=CLASSES)))
+    load_tool('test')._add_fidelity_metrics(runner, args)
+    return runner.test_evaluator.metrics
+
+
+def test_writer_records_its_score_threshold_and_what_wrote_it(tmp_path, reference):
+    from mimiq_mm.evaluation import detections_info
+    info = json.load(open(reference))['info']
+    assert info['score_thr'] == 0.3 and info['written_by'] == 'mimiq_mm.DetPredictionWriter'
+    out = str(tmp_path / 'at_half.json')
+    evaluate(reference_writer(DETECTOR_EVALUATOR, out, score_thr=0.5, model='teacher.py teacher.pth'), TEACHER)
+    written = json.load(open(out))['info']['date_created']
+    assert detections_info(out) == dict(score_thr=0.5, written_by='mimiq_mm.DetPredictionWriter',
+                                        model='teacher.py teacher.pth', date_created=written)
+    assert len(json.load(open(out))['annotations']) == 3  # 0.9, 0.6, 0.8 of the four scores
+
+
+def test_agreement_reports_the_threshold_of_its_reference(reference, log_lines):
+    metric, = add_fidelity_metrics(fidelity_args(agreement=reference))
+    assert type(metric).__name__ == 'CocoMetric'
+    assert log_lines() == [
+        ('INFO', f'--agreement: {reference} holds the detections scoring >= 0.3 (mimiq_mm.DetPredictionWriter, '
+                 f"{json.load(open(reference))['info']['date_created']})")]
+
+
+def test_an_explicit_score_thr_other_than_the_references_is_refused(reference, log_lines):
+    """--score-thr only filters what --save-detections writes: with --agreement alone a different
+    value would not apply, and the metrics would be read as if it did."""
+    with pytest.raises(SystemExit, match=r'--score-thr 0.5 does not apply to --agreement: .* scoring >= 0.3, the '
+                                         r'threshold it was written at; drop --score-thr, or write the reference '
+                                         r'again with --save-detections --score-thr 0.5'):
+        add_fidelity_metrics(fidelity_args(agreement=reference, score_thr=0.5))
+    assert len(add_fidelity_metrics(fidelity_args(agreement=reference, score_thr=0.3))) == 1
+
+
+def test_save_detections_says_what_it_replaces_and_a_threshold_mismatch(tmp_path, reference, log_lines):
+    """mmdet's tools overwrite their outputs; here the replaced file and a threshold that differs
+    from the reference's (the two files are compared box for box) are each named in one warning."""
+    student = str(tmp_path / 'student.json')
+    evaluate(reference_writer(DETECTOR_EVALUATOR, student, score_thr=0.5), TEACHER)
+    replaced = json.load(open(student))['info']['date_created']
+    writer, _ = add_fidelity_metrics(fidelity_args(save_detections=student, agreement=reference, score_thr=0.5))
+    assert writer.score_thr == 0.5 and writer.model == 'teacher.py teacher.pth'
+    assert [message for level, message in log_lines() if level == 'WARNING'] == [
+        f'--save-detections writes the detections scoring >= 0.5, the reference {reference} those scoring >= 0.3: '
+        'compared box for box (tools/analysis/detections.py) they differ by the threshold; add --score-thr 0.3 to '
+        'match',
+        f'--save-detections replaces {student}, which holds the detections scoring >= 0.5 '
+        f'(mimiq_mm.DetPredictionWriter, {replaced})']
+    with pytest.raises(SystemExit, match='would overwrite the reference of --agreement'):
+        add_fidelity_metrics(fidelity_args(save_detections=reference, agreement=reference))
+
+
+def test_a_reference_without_a_recorded_threshold_gives_one_warning(tmp_path, reference, log_lines):
+    """Files written before the threshold had a field of its own still name it in their
+    description; a COCO file that says nothing (another tool's) has an unknown threshold."""
+    from mimiq_mm.evaluation import detections_info
+    coco = json.load(open(reference))
+    coco['info'] = dict(description='detections with score >= 0.3')
+    old = tmp_path / 'old.json'
+    old.write_text(json.dumps(coco))
+    assert detections_info(str(old))['score_thr'] == 0.3
+    del coco['info']
+    other = tmp_path / 'other_tool.json'
+    other.write_text(json.dumps(coco))
+    assert detections_info(str(other))['score_thr'] is None
+    add_fidelity_metrics(fidelity_args(agreement=str(other), score_thr=0.5))
+    warnings = [message for level, message in log_lines() if level == 'WARNING']
+    assert len(warnings) == 1 and '\n' not in warnings[0]
+    assert warnings[0].startswith(f'--agreement: the score threshold of {other} is unknown')

@@ -35,8 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--save-detections', metavar='DETS.json',
                         help='detectors: also write the detections scoring >= --score-thr to this COCO instances .json '
                         '(the reference of --agreement, e.g. made with the teacher)')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='--save-detections keeps the detections scoring at least this (default 0.3)')
+    parser.add_argument('--score-thr', type=float,
+                        help='--save-detections keeps the detections scoring at least this (default 0.3); it is '
+                        'recorded in the file, and an --agreement reference keeps the one it was written at')
     parser.add_argument('--agreement', metavar='MAPS.npz|DETS.json',
                         help='also score the predictions against a reference saved with --save-label-maps '
                         '(teacher/mIoU, teacher/aAcc) or --save-detections (teacher/bbox_mAP, teacher/segm_mAP): '
@@ -73,18 +74,62 @@ def _add_fidelity_metrics(runner, args) -> None:
     the test evaluator, each chosen by the config's own evaluator (IoUMetric or CocoMetric)."""
     from mmengine.registry import METRICS
 
-    from mimiq_mm.evaluation import fidelity_metric, reference_writer
+    from mimiq_mm.evaluation import fidelity_metric, reference_format, reference_writer
     evaluator = runner.cfg.test_evaluator
+    model = ' '.join(str(a) for a in (getattr(args, 'config', None), getattr(args, 'checkpoint', None)) if a)
     try:
         configs = ([reference_writer(evaluator, args.save_label_maps)] if args.save_label_maps else []) + (
-            [reference_writer(evaluator, args.save_detections, score_thr=args.score_thr)] if args.save_detections
-            else []) + ([fidelity_metric(evaluator, args.agreement)] if args.agreement else [])
+            [reference_writer(evaluator, args.save_detections, score_thr=args.score_thr, model=model or None)]
+            if args.save_detections else []) + ([fidelity_metric(evaluator, args.agreement)] if args.agreement else [])
+        if reference_format(evaluator) == 'detections':
+            _check_score_thresholds(args)
     except ValueError as error:
         exit_with_error(str(error))
     for config in configs:  # the test loop gave the dataset's meta to the metrics it was built with
         metric = METRICS.build(config)
         metric.dataset_meta = runner.test_evaluator.dataset_meta
         runner.test_evaluator.metrics.append(metric)
+
+
+def _check_score_thresholds(args) -> None:
+    """A detections reference is only comparable at the score threshold it was written at, which
+    the file records. Logs that threshold for --agreement; refuses an explicit --score-thr that
+    would not apply to it (it only filters what --save-detections writes); warns where
+    --save-detections replaces a file or writes at another threshold than the reference's."""
+    import logging
+
+    from mmengine.logging import print_log
+
+    from mimiq_mm.evaluation import DEFAULT_SCORE_THR, describe_detections, detections_info
+    written_thr = DEFAULT_SCORE_THR if args.score_thr is None else args.score_thr  # by --save-detections
+    if args.agreement:
+        reference = detections_info(args.agreement)
+        print_log(f'--agreement: {args.agreement} holds {describe_detections(reference)}', logger='current')
+        written_at = reference['score_thr']
+        if written_at is None:
+            print_log(f'--agreement: the score threshold of {args.agreement} is unknown (the file does not record '
+                      'it): teacher/* metrics compare with detections kept at an unknown score; write it again with '
+                      '--save-detections to record one', logger='current', level=logging.WARNING)
+        elif args.save_detections is None and args.score_thr is not None and args.score_thr != written_at:
+            raise ValueError(f'--score-thr {args.score_thr:g} does not apply to --agreement: {args.agreement} holds '
+                             f'the detections scoring >= {written_at:g}, the threshold it was written at; drop '
+                             f'--score-thr, or write the reference again with --save-detections --score-thr '
+                             f'{args.score_thr:g}')
+        elif args.save_detections and written_thr != written_at:
+            print_log(f'--save-detections writes the detections scoring >= {written_thr:g}, '
+                      f'the reference {args.agreement} those scoring >= {written_at:g}: compared box for box '
+                      f'(tools/analysis/detections.py) they differ by the threshold; add --score-thr {written_at:g} '
+                      'to match', logger='current', level=logging.WARNING)
+    if args.save_detections and osp.isfile(args.save_detections):
+        if args.agreement and osp.samefile(args.save_detections, args.agreement):
+            raise ValueError(f'--save-detections would overwrite the reference of --agreement, {args.agreement}, '
+                             'in the run that scores against it; write to another file')
+        try:
+            replaced = f'which holds {describe_detections(detections_info(args.save_detections))}'
+        except ValueError:
+            replaced = 'not a COCO detections file'
+        print_log(f'--save-detections replaces {args.save_detections}, {replaced}', logger='current',
+                  level=logging.WARNING)
 
 
 def main(argv=None) -> None:

@@ -1,13 +1,10 @@
 """Reading a finished synthetic set for fine-tuning."""
-import os
-
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ..registry import DATASETS
-from ..synthesis.store import load_manifest
+from ..synthesis.store import damaged_images_error, decode_image, load_manifest, read_image_file
 
 
 @DATASETS.register_module()
@@ -16,7 +13,9 @@ class SyntheticImageDataset(Dataset):
 
     The images are decoded once, on first use, and kept in memory as one uint8 tensor
     (10K images of 224² take 1.5 GB): fine-tuning revisits them hundreds of times, and no
-    dataloader workers are needed.
+    dataloader workers are needed. Each is checked against the size and sha256 the manifest
+    records (older sets: that it decodes); a missing or damaged image stops the load with one
+    error naming them all and the fix, before fine-tuning starts.
 
     Args:
         root (str): folder of a synthetic set made by :func:`mimiq_mm.synthesis.synthesize_set`.
@@ -53,10 +52,18 @@ class SyntheticImageDataset(Dataset):
                              f'{self.set_size}')
         cut = len(images) - self.holdout
         images = images[:cut] if self.part == 'train' else images[cut:]
-        arrays = []
+        arrays, damaged = [], {}
         for item in images:
-            with Image.open(os.path.join(self.root, item['file'])) as img:
-                arrays.append(np.asarray(img.convert('RGB')))
+            data, problem = read_image_file(self.root, item)  # read once: checked, then decoded
+            if problem is None:
+                try:
+                    arrays.append(decode_image(data))
+                except Exception as err:  # noqa: BLE001  (whatever PIL raises on a damaged file)
+                    problem = f'cannot be decoded ({err})'
+            if problem is not None:
+                damaged[item['file']] = problem
+        if damaged:
+            raise damaged_images_error(self.root, damaged)
         self.pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.tensor([item['label'] for item in images], dtype=torch.long)
         return self

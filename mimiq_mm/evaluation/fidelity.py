@@ -46,14 +46,15 @@ def _require_format(evaluator, path: str) -> str:
     return fmt
 
 
-def reference_writer(evaluator, out_file: str, score_thr: Optional[float] = None) -> dict:
+def reference_writer(evaluator, out_file: str, score_thr: Optional[float] = None, model: Optional[str] = None) -> dict:
     """The metric config that writes a model's predictions to ``out_file`` (the reference);
-    ``score_thr``: detectors only, the lowest score of a detection kept (DetPredictionWriter's default if None)."""
+    detectors only: ``score_thr``, the lowest score of a detection kept (DetPredictionWriter's
+    default if None), and ``model``, what made them; both are recorded in the file."""
     fmt = _require_format(evaluator, out_file)
     if fmt == 'label_maps':
         return dict(type='mimiq_mm.SegPredictionWriter', out_file=out_file)
     return dict(type='mimiq_mm.DetPredictionWriter', out_file=out_file,
-                **(dict(score_thr=score_thr) if score_thr is not None else {}))
+                **(dict(score_thr=score_thr) if score_thr is not None else {}), **(dict(model=model) if model else {}))
 
 
 def fidelity_metric(evaluator, reference: str) -> dict:

@@ -12,6 +12,10 @@
 // copied into zero-padded vectors; the head-pair algebra runs on whole rows of the H x H matrices
 // (heads j in the lanes, padded lanes masked), so no step is scalar per pair and no branch depends
 // on the data.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 12
+#error "the L_IHC kernel needs GCC >= 12 (__builtin_shufflevector on vector types) or clang: set CXX to one"
+#endif
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
