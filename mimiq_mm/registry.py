@@ -24,5 +24,5 @@ DATA_SAMPLERS = Registry('data sampler', parent=MMENGINE_DATA_SAMPLERS, scope=SC
 TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope=SCOPE, locations=['mimiq_mm.datasets'])
 METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE, locations=['mimiq_mm.evaluation'])
 # Registries of mimiq_mm's own concepts (no mmengine counterpart).
-TASKS = Registry('task', scope=SCOPE, locations=['mimiq_mm.models.tasks'])
+TASKS = Registry('task', scope=SCOPE, locations=['mimiq_mm.tasks'])
 SYNTHESIZERS = Registry('synthesizer', scope=SCOPE, locations=['mimiq_mm.synthesis'])

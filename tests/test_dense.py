@@ -453,8 +453,8 @@ def test_classifier_prior(tmp_path):
 
 def test_build_task_options_and_unsupported_detector():
     import torch.nn as nn
-    from mimiq_mm.models.tasks import DetectorTask, SegmentorTask
-    from mimiq_mm.models.tasks import build_task
+    from mimiq_mm.tasks import DetectorTask, SegmentorTask
+    from mimiq_mm.tasks import build_task
     task = build_task(nn.Identity(), dict(type='detection', num_rois=7, loss_weights=dict(mask=0.0)))
     assert isinstance(task, DetectorTask) and task.num_rois == 7 and task.loss_weights['mask'] == 0.0
     assert isinstance(build_task(nn.Identity(), dict(type='segmentation', aux_weight=0)), SegmentorTask)

@@ -364,7 +364,7 @@ def test_kl_distill_dense_is_mean_over_pixels():
 
 def test_class_balanced_pixel_kl_gives_each_predicted_class_an_equal_share():
     """SegmentorTask(class_balance=True): 15 background pixels and 1 digit pixel weigh the same in all."""
-    from mimiq_mm.models.tasks.segmentation import SegmentorTask
+    from mimiq_mm.tasks.segmentation import SegmentorTask
     teacher = torch.zeros(1, 3, 4, 4)
     teacher[:, 0] = 5.0  # background everywhere ...
     teacher[0, 1, 2, 3] = 10.0  # ... but one pixel of class 1; class 2 predicted nowhere

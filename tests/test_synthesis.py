@@ -8,7 +8,7 @@ import timm
 import torch
 
 import mimiq_mm  # noqa: F401
-from mimiq_mm.models.tasks import ClassifierTask
+from mimiq_mm.tasks import ClassifierTask
 from mimiq_mm.synthesis import ImageSynthesizer, SyntheticSet, load_manifest, synthesize_set
 from mimiq_mm.datasets import SyntheticImageDataset
 

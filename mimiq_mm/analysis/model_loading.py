@@ -172,7 +172,7 @@ def config_model(config, checkpoint=None, cfg_options=None, device='auto', input
     if isinstance(model, QuantDistiller):
         teacher, student, task = model.teacher, model.student, model.task
     else:
-        from ..models.tasks import build_task
+        from ..tasks import build_task
         if checkpoint is None and not is_distiller:  # a distiller's teacher came from teacher_checkpoint
             warnings.warn(f'{config} is not a mimiq_mm.QuantDistiller config and no --checkpoint was given; '
                           'the model keeps its initial weights')

@@ -4,7 +4,7 @@ import torch
 from mmengine.dist import broadcast, broadcast_object_list, is_distributed
 from mmengine.logging import MessageHub, print_log
 
-from ..models.distiller import SYNTHETIC_KEY
+from ..models import SYNTHETIC_KEY
 from ..quant import reset_activation_ranges, uncalibrated_quantizers
 from ..quant.quantizers import LSQ_INITS
 

@@ -1,4 +1,5 @@
-from .distiller import DistillDataPreprocessor, QuantDistiller
-from .tasks import TaskAdapter, build_task
+from .batch_augment import BatchAugment
+from .data_preprocessor import SYNTHETIC_KEY, DistillDataPreprocessor
+from .distiller import QuantDistiller
 
-__all__ = ['DistillDataPreprocessor', 'QuantDistiller', 'TaskAdapter', 'build_task']
+__all__ = ['SYNTHETIC_KEY', 'BatchAugment', 'DistillDataPreprocessor', 'QuantDistiller']

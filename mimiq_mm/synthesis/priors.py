@@ -19,7 +19,7 @@ from mmengine.logging import print_log
 from mmengine.utils import to_2tuple
 
 from ..losses.ssim import upcast_half
-from ..models.tasks import ClassifierTask
+from ..tasks import ClassifierTask
 
 
 class ClassifierPrior(nn.Module):

@@ -2,8 +2,8 @@
 classifier returning logits (B, C)."""
 import torch.nn as nn
 
-from ...losses import ClassPriorLoss, KLDistillLoss
-from ...registry import TASKS
+from ..losses import ClassPriorLoss, KLDistillLoss
+from ..registry import TASKS
 from .base import TaskAdapter, is_openmmlab_model
 
 

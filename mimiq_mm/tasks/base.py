@@ -9,7 +9,7 @@ asking each registered adapter, highest ``priority`` first, whether it ``matches
 """
 import torch.nn as nn
 
-from ...registry import TASKS
+from ..registry import TASKS
 
 
 class TaskAdapter:

@@ -12,8 +12,8 @@ test of why real images, mostly background, distil a less faithful student).
 import torch
 import torch.nn as nn
 
-from ...losses import ClassPriorLoss, KLDistillLoss
-from ...registry import TASKS
+from ..losses import ClassPriorLoss, KLDistillLoss
+from ..registry import TASKS
 from .base import TaskAdapter, freeze_stochastic_and_norm
 
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...losses import KLDistillLoss
-from ...losses.ssim import upcast_half
-from ...registry import TASKS
+from ..losses import KLDistillLoss
+from ..losses.ssim import upcast_half
+from ..registry import TASKS
 from .base import TaskAdapter, freeze_stochastic_and_norm
 
 
