@@ -17,7 +17,7 @@ import torch
 from mimiq_mm.losses import InterHeadCoherencyLoss
 from mimiq_mm.losses import ihc_cpu
 
-from test_losses import random_scores, scores_record
+from attention_records import random_scores, scores_record
 
 CASES = {
     'deit_class_token': dict(batch=4, heads=6, grid=(8, 8), prefix=1, window=False),

@@ -1,32 +1,16 @@
-"""Tests of mimiq_mm.losses (CPU, small inputs)."""
+"""Tests of mimiq_mm.losses besides L_IHC (test_ihc.py): SSIM, L_HAD, L_KL, L_TV, L_CL, PSAQ (CPU, small)."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mimiq_mm.attention.core import AttentionRecord, TokenLayout
-from mimiq_mm.losses import (ClassPriorLoss, HeadAttentionDistillLoss, InterHeadCoherencyLoss, KLDistillLoss,
+from mimiq_mm.losses import (ClassPriorLoss, HeadAttentionDistillLoss, KLDistillLoss,
                              PatchSimilarityEntropyLoss, TotalVariationLoss, global_ssim, minmax_normalize,
                              kde_differential_entropy, pairwise_global_ssim)
 from mimiq_mm.registry import MODELS
 
-
-def scores_record(scores, grid, prefix, window=False, name='blk'):
-    layout = TokenLayout(grid=tuple(grid), num_prefix_tokens=prefix,
-                         window_size=tuple(grid) if window else None, shift_size=(0, 0) if window else None)
-    return AttentionRecord(name=name, layout=layout, scores=scores)
-
-
-def outputs_record(outputs, grid, prefix, name='blk'):
-    return AttentionRecord(name=name, layout=TokenLayout(grid=tuple(grid), num_prefix_tokens=prefix),
-                           outputs=outputs)
-
-
-def random_scores(batch, heads, grid, prefix, seed=0, dtype=torch.float32):
-    n = prefix + grid[0] * grid[1]
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, heads, n, n, generator=g, dtype=dtype)
+from attention_records import outputs_record, scores_record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,200 +45,6 @@ def test_minmax_normalize_range():
     y = minmax_normalize(x, dim=-1)
     torch.testing.assert_close(y.amin(-1), torch.zeros(4))
     torch.testing.assert_close(y.amax(-1), torch.ones(4), atol=1e-6, rtol=0)
-
-
-# ---------------------------------------------------------------------------------------------
-# L_IHC
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize('similarity', ['abs', 'squared'])
-@pytest.mark.parametrize('ssim', ['global', 'windowed'])
-def test_ihc_identical_heads_near_zero(similarity, ssim):
-    base = random_scores(2, 1, (5, 4), prefix=1)
-    record = scores_record(base.expand(-1, 4, -1, -1), (5, 4), 1)
-    loss = InterHeadCoherencyLoss(similarity=similarity, ssim=ssim)([record])
-    assert loss.item() == pytest.approx(0.0, abs=1e-5)
-
-
-@pytest.mark.parametrize('similarity', ['abs', 'squared'])
-def test_ihc_unrelated_heads_high(similarity):
-    record = scores_record(random_scores(2, 6, (8, 8), prefix=1), (8, 8), 1)
-    assert InterHeadCoherencyLoss(similarity=similarity)([record]).item() > 0.5
-
-
-def antisymmetric_scores(batch, heads, grid, prefix, correlation=0.7, seed=0):
-    """Scores whose spatial rows hold each value and its negative, so min = -max and a
-    min-max normalised row has mean 1/2 before and after negation; heads are correlated."""
-    g = torch.Generator().manual_seed(seed)
-    n_sp = grid[0] * grid[1]
-    assert n_sp % 2 == 0
-    shared = torch.randn(batch, 1, n_sp, n_sp // 2, generator=g)
-    own = torch.randn(batch, heads, n_sp, n_sp // 2, generator=g)
-    half = correlation * shared + (1 - correlation) * own
-    perm = torch.randperm(n_sp, generator=g)
-    spatial = torch.cat([half, -half], dim=-1)[..., perm]
-    n = prefix + n_sp
-    scores = torch.randn(batch, heads, n, n, generator=g)
-    scores[:, :, prefix:, prefix:] = spatial
-    return scores
-
-
-@pytest.mark.parametrize('similarity', ['abs', 'squared'])
-def test_ihc_invariant_to_inverting_one_head(similarity):
-    grid, prefix = (4, 6), 1
-    scores = antisymmetric_scores(2, 4, grid, prefix)
-    inverted = scores.clone()
-    inverted[:, 1] = -inverted[:, 1]
-    records = [scores_record(scores, grid, prefix)]
-    inverted_records = [scores_record(inverted, grid, prefix)]
-    # Without the stabilising constants, negation flips the covariance's sign only: exact invariance.
-    exact = InterHeadCoherencyLoss(similarity=similarity, c1=0.0, c2=0.0)
-    assert 0.05 < exact(records).item() < 0.95  # a mid-range value, so invariance is not trivial
-    assert exact(inverted_records).item() == pytest.approx(exact(records).item(), abs=1e-5)
-    # With the default C2 = 0.03², |2σxy + C2| differs from |-2σxy + C2| by O(C2 / σ²): close.
-    default = InterHeadCoherencyLoss(similarity=similarity)
-    assert default(inverted_records).item() == pytest.approx(default(records).item(), abs=0.02)
-    # Negative control: signed SSIM between heads 0 and 1 does flip, so only |.| / (.)² are invariant.
-    sp = slice(prefix, None)
-    signed = pairwise_global_ssim(minmax_normalize(scores[:, :, sp, sp].transpose(1, 2)))[..., 0, 1].mean()
-    signed_inv = pairwise_global_ssim(minmax_normalize(inverted[:, :, sp, sp].transpose(1, 2)))[..., 0, 1].mean()
-    assert signed.item() > 0.3 and signed_inv.item() < -0.3
-
-
-LAYOUT_CASES = {
-    'cls_token_non_square': dict(batch=2, heads=3, grid=(3, 5), prefix=1, window=False),
-    'swin_window_no_prefix': dict(batch=6, heads=4, grid=(4, 4), prefix=0, window=True),
-}
-
-
-@pytest.mark.parametrize('case', sorted(LAYOUT_CASES))
-@pytest.mark.parametrize('similarity', ['abs', 'squared'])
-@pytest.mark.parametrize('ssim', ['global', 'windowed'])
-def test_ihc_fast_equals_reference(case, similarity, ssim):
-    c = LAYOUT_CASES[case]
-    records = [scores_record(random_scores(c['batch'], c['heads'], c['grid'], c['prefix'], seed=s), c['grid'],
-                             c['prefix'], window=c['window']) for s in range(2)]
-    fast = InterHeadCoherencyLoss(similarity=similarity, ssim=ssim, impl='fast')(records)
-    ref = InterHeadCoherencyLoss(similarity=similarity, ssim=ssim, impl='reference')(records)
-    assert fast.item() == pytest.approx(ref.item(), abs=1e-5)
-
-
-def test_ihc_windowed_chunking_does_not_change_result():
-    record = scores_record(random_scores(3, 4, (5, 5), prefix=1), (5, 5), 1)
-    whole = InterHeadCoherencyLoss(ssim='windowed')([record])
-    chunked = InterHeadCoherencyLoss(ssim='windowed', max_chunk_elements=1000)([record])
-    assert chunked.item() == pytest.approx(whole.item(), abs=1e-6)
-
-
-def test_ihc_reference_matches_explicit_loops():
-    """Independent per-(b, q, i, j) computation of Eq. 9-11 on a tiny input."""
-    grid, prefix, heads = (2, 3), 1, 3
-    scores = random_scores(2, heads, grid, prefix, seed=5, dtype=torch.float64)
-    records = [scores_record(scores, grid, prefix)]
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    terms = []
-    for b in range(scores.shape[0]):
-        for q in range(prefix, scores.shape[2]):
-            rows = []
-            for h in range(heads):
-                row = scores[b, h, q, prefix:].tolist()
-                lo, hi = min(row), max(row)
-                rows.append([(v - lo) / (hi - lo + 1e-8) for v in row])
-            d = 0.0
-            for i in range(heads):
-                for j in range(heads):
-                    x, y = rows[i], rows[j]
-                    mx, my = sum(x) / len(x), sum(y) / len(y)
-                    vx = sum((a - mx) ** 2 for a in x) / len(x)
-                    vy = sum((a - my) ** 2 for a in y) / len(y)
-                    cxy = sum((a - mx) * (b_ - my) for a, b_ in zip(x, y)) / len(x)
-                    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-                    d += abs(s)
-            terms.append(1 - d / heads ** 2)
-    expected = sum(terms) / len(terms)
-    for impl in ('fast', 'reference'):
-        assert InterHeadCoherencyLoss(impl=impl)(records).item() == pytest.approx(expected, abs=1e-9)
-
-
-def test_ihc_ignores_prefix_tokens():
-    grid, prefix = (3, 4), 2
-    scores = random_scores(2, 3, grid, prefix)
-    changed_prefix = scores.clone()
-    changed_prefix[:, :, :prefix, :] = torch.randn_like(changed_prefix[:, :, :prefix, :])
-    changed_prefix[:, :, :, :prefix] = torch.randn_like(changed_prefix[:, :, :, :prefix])
-    changed_spatial = scores.clone()
-    changed_spatial[:, 0, prefix:, prefix:] = torch.randn_like(changed_spatial[:, 0, prefix:, prefix:])
-    loss_fn = InterHeadCoherencyLoss()
-    base = loss_fn([scores_record(scores, grid, prefix)]).item()
-    assert loss_fn([scores_record(changed_prefix, grid, prefix)]).item() == pytest.approx(base, abs=1e-7)
-    assert abs(loss_fn([scores_record(changed_spatial, grid, prefix)]).item() - base) > 1e-4
-
-
-def test_ihc_layers_option_and_weight():
-    grid = (4, 4)
-    records = [scores_record(random_scores(2, 3, grid, 1, seed=s), grid, 1, name=f'b{s}') for s in range(3)]
-    per_layer = [InterHeadCoherencyLoss()([r]).item() for r in records]
-    assert len(set(round(v, 6) for v in per_layer)) == 3
-    assert InterHeadCoherencyLoss()(records).item() == pytest.approx(sum(per_layer) / 3, abs=1e-6)
-    assert InterHeadCoherencyLoss(layers=[-1])(records).item() == pytest.approx(per_layer[2], abs=1e-6)
-    assert InterHeadCoherencyLoss(layers=[0, 2])(records).item() == pytest.approx(
-        (per_layer[0] + per_layer[2]) / 2, abs=1e-6)
-    assert InterHeadCoherencyLoss(loss_weight=3.0)(records).item() == pytest.approx(sum(per_layer), abs=1e-5)
-
-
-def test_ihc_rejects_window_larger_than_grid():
-    record = scores_record(random_scores(1, 2, (2, 6), prefix=1), (2, 6), 1)
-    with pytest.raises(ValueError, match='win_size'):
-        InterHeadCoherencyLoss(ssim='windowed', win_size=3)([record])
-    with pytest.raises(ValueError):
-        InterHeadCoherencyLoss(ssim='windowed', win_size=4)
-
-
-def test_ihc_bf16_inputs_computed_in_fp32():
-    scores = random_scores(2, 4, (4, 5), prefix=1).bfloat16().requires_grad_()
-    loss = InterHeadCoherencyLoss()([scores_record(scores, (4, 5), 1)])
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    expected = InterHeadCoherencyLoss()([scores_record(scores.detach().float(), (4, 5), 1)])
-    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
-    loss.backward()
-    assert torch.isfinite(scores.grad.float()).all() and scores.grad.float().abs().sum() > 0
-
-
-@pytest.mark.parametrize('ssim', ['global', 'windowed'])
-def test_ihc_gradient_reaches_queries(ssim):
-    batch, heads, grid, prefix, dim = 2, 3, (4, 4), 1, 8
-    n = prefix + grid[0] * grid[1]
-    q = torch.randn(batch, heads, n, dim, requires_grad=True)
-    k = torch.randn(batch, heads, n, dim)
-    scores = (q * dim ** -0.5) @ k.transpose(-1, -2)
-    loss = InterHeadCoherencyLoss(ssim=ssim)([scores_record(scores, grid, prefix)])
-    loss.backward()
-    assert torch.isfinite(q.grad).all()
-    assert q.grad[:, :, prefix:].abs().sum() > 0
-
-
-def test_ihc_large_batch_shapes_fit():
-    # B'=128, H=6, N=257 (16×16 grid + class token): the fast path works on (B', Q, H, K) only.
-    scores = torch.randn(128, 6, 257, 257)
-    loss = InterHeadCoherencyLoss()([scores_record(scores, (16, 16), 1)])
-    assert torch.isfinite(loss) and 0 < loss.item() < 1
-
-
-def test_ihc_through_tiny_timm_vit():
-    timm = pytest.importorskip('timm')
-    from mimiq_mm.attention import AttentionRecorder, install_attention_capture
-    torch.manual_seed(0)
-    model = timm.create_model('vit_tiny_patch16_224', pretrained=False, img_size=32, patch_size=8, depth=2,
-                              num_classes=10).eval()
-    install_attention_capture(model)
-    images = torch.randn(2, 3, 32, 32, requires_grad=True)
-    with AttentionRecorder(model, fields=('scores',)) as rec:
-        model(images)
-    assert len(rec.records) == 2
-    loss = InterHeadCoherencyLoss()(rec.records)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +315,7 @@ def test_binned_kde_entropy_is_within_its_bound_of_the_exact_one(spread):
 
 
 def test_truncated_kde_kernel_sums_pass_gradcheck():
-    from mimiq_mm.losses.synthesis import _TruncatedGaussianKDEOnGrid
+    from mimiq_mm.losses.psaq import _TruncatedGaussianKDEOnGrid
     g = torch.Generator().manual_seed(8)
     samples = torch.rand(2, 9, generator=g, dtype=torch.float64).requires_grad_(True)
     low, step = torch.tensor(-0.1, dtype=torch.float64), torch.tensor(0.05, dtype=torch.float64)
@@ -534,7 +324,7 @@ def test_truncated_kde_kernel_sums_pass_gradcheck():
 
 
 def test_chunked_kde_kernel_sums_pass_gradcheck():
-    from mimiq_mm.losses.synthesis import _GaussianKDEOnGrid
+    from mimiq_mm.losses.psaq import _GaussianKDEOnGrid
     g = torch.Generator().manual_seed(6)
     samples = torch.rand(2, 9, generator=g, dtype=torch.float64).requires_grad_(True)
     grid = torch.linspace(0, 1, 11, dtype=torch.float64)

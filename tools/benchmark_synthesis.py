@@ -43,10 +43,8 @@ def parse_args(argv=None):
     p.add_argument('--steps', nargs='*', default=list(STEP_KINDS), choices=list(STEP_KINDS),
                    help='which step kinds to time (none: only --losses)')
     p.add_argument('--losses', action='store_true',
-                   help='also time L_IHC and L_HAD alone (forward+backward) on the teacher\'s records: the fast '
-                        'paths against the map-building formulations, with their value/gradient differences')
-    p.add_argument('--ihc-impl', choices=['fast', 'reference'], default=None,
-                   help='L_IHC implementation (default: the config\'s, i.e. fast)')
+                   help='also time L_IHC and L_HAD alone (forward+backward) on the teacher\'s records: L_IHC\'s C++ '
+                        'kernel against its PyTorch definition, with their value/gradient differences')
     p.add_argument('--ihc-kernel', choices=['auto', 'cpp', 'torch'], default=None,
                    help="L_IHC's fast path on float32 CPU: the C++ kernel ('cpp'; 'auto' where it builds) or "
                         "PyTorch ops ('torch'); applies to the ihc step and to --losses (default: auto)")
@@ -91,7 +89,7 @@ def main(argv=None):
     print(f'benchmarking {setup.name} on {device}, batch {args.batch}, {args.precision}, '
           f'{args.warmup} warm-up + {args.iters} timed steps each')
     result = run_benchmark(setup, args.batch, precision=args.precision, device=device, warmup=args.warmup,
-                           iters=args.iters, kinds=args.steps, ihc_impl=args.ihc_impl, ihc_kernel=args.ihc_kernel,
+                           iters=args.iters, kinds=args.steps, ihc_kernel=args.ihc_kernel,
                            timer=args.cpu_timer,
                            interleave=args.interleave, argv=command)
     result['tf32'] = bool(args.tf32) if device.startswith('cuda') else None

@@ -8,11 +8,11 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..attention import AttentionRecord, AttentionRecorder, attention_cores, get_capture_context
-from ..losses import minmax_normalize, pairwise_global_ssim, require_field, spatial_head_maps
+from ..losses import head_coherency, minmax_normalize, require_field
+from ..losses.ihc import SIMILARITIES, spatial_scores
 from .errors import AnalysisInputError, LayerIndexError
 from .images import batches
 
-SIMILARITIES = ('abs', 'squared')
 MAP_FIELDS = ('scores', 'probs')
 
 
@@ -73,21 +73,10 @@ def per_image(values: torch.Tensor, record: AttentionRecord) -> torch.Tensor:
     return values.view(values.shape[0] // per, per, *values.shape[1:])
 
 
-def head_coherency(maps: torch.Tensor, similarity='abs') -> torch.Tensor:
-    """D_q of paper Eq. 9: the mean f(SSIM) over all H² head pairs (self-pairs included).
-
-    Args:
-        maps (Tensor): (..., H, K) per-head maps of one query.
-        similarity (str): f = |SSIM| ('abs', paper) or SSIM² ('squared').
-
-    Returns:
-        Tensor: (...) values in [0, 1].
-    """
+def check_similarity(similarity):
     if similarity not in SIMILARITIES:
         raise AnalysisInputError(f'similarity must be one of {SIMILARITIES}, got {similarity!r}')
-    sim = pairwise_global_ssim(maps)                            # (..., H, H)
-    sim = sim.abs() if similarity == 'abs' else sim.pow(2)
-    return sim.mean(dim=(-2, -1))
+    return similarity
 
 
 def records_head_similarity(records: Sequence[AttentionRecord], similarity='abs') -> torch.Tensor:
@@ -104,9 +93,11 @@ def records_head_similarity(records: Sequence[AttentionRecord], similarity='abs'
     """
     if not records:
         raise AnalysisInputError('no attention records to measure; check the layer selection')
+    check_similarity(similarity)
     per_layer = []
     for record in records:
-        coherency = head_coherency(spatial_head_maps(record), similarity)   # (B', Q)
+        spatial_scores(record)                                             # checks the layout
+        coherency = head_coherency(record.scores, record.layout.num_prefix_tokens, similarity)  # (B', Q)
         per_layer.append(per_image(coherency, record).flatten(1).mean(dim=1))  # (B,)
     return torch.stack(per_layer).mean(dim=0)
 
@@ -221,8 +212,9 @@ def query_head_maps(record: AttentionRecord, query: Query, patch_grid=None, fiel
         rows = per_image(values, record)[:, window, :, prefix + token, prefix:]          # (B, H, K)
         cell = divmod(token, layout.grid[1])
     maps = minmax_normalize(rows, dim=-1)
+    coherency = head_coherency(rows.unsqueeze(2), similarity=check_similarity(similarity))[:, 0]   # (B,)
     return QueryHeadMaps(layer_name=record.name, maps=maps.view(*maps.shape[:2], *layout.grid).cpu(),
-                         query_cell=tuple(int(v) for v in cell), coherency=head_coherency(maps, similarity).cpu(),
+                         query_cell=tuple(int(v) for v in cell), coherency=coherency.cpu(),
                          windowed=layout.is_windowed)
 
 

@@ -118,16 +118,16 @@ def make_step(setup, kind, batch, precision, ihc=None, seed=0):
 
 
 def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, kinds=STEP_KINDS,
-                  ihc_impl=None, ihc_kernel=None, timer='wall', interleave=False, argv=None, log=print):
+                  ihc_kernel=None, timer='wall', interleave=False, argv=None, log=print):
     """Time each step kind in ``kinds`` on ``setup``; returns the JSON-ready result dict.
 
     By default each kind is timed on its own (warm-up, then ``iters`` calls) with its own peak
     memory. ``interleave=True`` times the kinds in alternation (one call of each per round), so a
     shared machine's changing load affects all alike and the ratios are steadier; peak memory is
-    then not attributed to a kind. ``ihc_impl`` / ``ihc_kernel`` override L_IHC's ``impl`` and
-    ``kernel`` options (default: the setup's, i.e. the fast path with the C++ kernel on CPU).
+    then not attributed to a kind. ``ihc_kernel`` overrides L_IHC's ``kernel`` option (default: the
+    setup's, i.e. the C++ kernel on CPU where it builds).
     """
-    ihc = {k: v for k, v in dict(impl=ihc_impl, kernel=ihc_kernel).items() if v is not None}
+    ihc = dict(kernel=ihc_kernel) if ihc_kernel is not None else {}
     device = torch.device(device)
     setup.distiller.to(device)
     d = setup.distiller
@@ -170,7 +170,7 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
     result = dict(
         model=setup.name, device=device.type, precision=precision, batch=batch, image_size=list(setup.image_size),
         warmup=warmup, iters=iters, timer=timer if device.type != 'cuda' else 'cuda-events', interleaved=interleave,
-        ihc_impl=ihc_impl or 'fast', ihc_kernel=ihc_kernel or 'auto', ihc_cpu_kernel=kernel_state(),
+        ihc_kernel=ihc_kernel or 'auto', ihc_cpu_kernel=kernel_state(),
         quant=dict(w_bits=d.quant_cfg.w_bits, a_bits=d.quant_cfg.a_bits, act_method=d.quant_cfg.act_method),
         had=setup.had, steps=steps, ratios=ratios,
         environment=environment(device, argv))

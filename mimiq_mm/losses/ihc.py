@@ -5,11 +5,13 @@ from pytorch_msssim import ssim as windowed_ssim
 
 from ..registry import MODELS
 from .ihc_cpu import IHCLayerCPU, kernel_applies, load_kernel
-from .ssim import DEFAULT_C1, DEFAULT_C2, global_ssim, minmax_normalize, ssim_from_moments
+from .ssim import DEFAULT_C1, DEFAULT_C2, minmax_normalize, ssim_from_moments
 from .utils import AutocastFreeFunction, require_field, select_records
 
+SIMILARITIES = ('abs', 'squared')
 
-def _spatial_scores(record):
+
+def spatial_scores(record):
     """(B', H, Q, K) view of the spatial query/key block of ``record.scores``."""
     scores = require_field(record, 'scores')
     layout = record.layout
@@ -34,7 +36,7 @@ def spatial_head_maps(record, eps=1e-8):
         Tensor: (B', Q, H, K) fp32 maps in [0, 1], Q = K = h·w spatial tokens in row-major
         order of ``record.layout.grid``.
     """
-    spatial = _spatial_scores(record)
+    spatial = spatial_scores(record)
     # (B', H, Q, K) -> (B', Q, H, K): the heads of one query are compared with each other.
     return minmax_normalize(spatial.transpose(1, 2), dim=-1, eps=eps)
 
@@ -101,6 +103,43 @@ class _CenteredHeadGram(AutocastFreeFunction):
         return full, None
 
 
+def head_coherency(scores, prefix=0, similarity='abs', c1=DEFAULT_C1, c2=DEFAULT_C2, eps=1e-8):
+    """D_q of paper Eq. 9 for every (sequence, query): the mean f(SSIM) over all H² pairs of the
+    heads' min-max normalised score rows (self-pairs included), with global (whole-row) SSIM.
+
+    This is the one definition of L_IHC's global-SSIM term: the loss is ``1 - D_q`` averaged
+    over sequences, queries and layers, the analysis tools report ``D_q`` per image, and the C++
+    kernel of :mod:`.ihc_cpu` computes the same values on float32 CPU scores.
+
+    Min-max normalisation is affine per (sequence, head, query) row, m = (x - lo) / r with
+    r = hi - lo + eps, so the statistics of the normalised rows follow from those of the raw
+    scores: μ_m = (μ_x - lo) / r and cov_m(i, j) = cov_x(i, j) / (r_i r_j). Only the centred head
+    Gram matrix per query (one batched matmul, :class:`_CenteredHeadGram`), the row minima and
+    maxima and the means are computed over the keys (in fp32); the normalised maps are never built.
+
+    Args:
+        scores (Tensor): (B', H, N, K') pre-softmax scores (or any per-head rows); the first
+            ``prefix`` queries and keys (class / distillation tokens) are dropped.
+        prefix (int): prefix tokens.
+        similarity (str): f = |SSIM| ('abs', paper) or SSIM² ('squared').
+        c1, c2 (float): SSIM constants.
+        eps (float): guard of the min-max normalisation.
+
+    Returns:
+        Tensor: (B', Q) values in [0, 1], at least fp32.
+    """
+    if similarity not in SIMILARITIES:
+        raise ValueError(f'similarity must be one of {SIMILARITIES}, got {similarity!r}')
+    cov, low, high = _CenteredHeadGram.apply(scores, prefix)
+    r = high - low + eps
+    mu = -low / r                                                      # mean of the normalised row
+    cov = cov / (r.unsqueeze(-1) * r.unsqueeze(-2))
+    var = cov.diagonal(dim1=-2, dim2=-1)
+    ssim = ssim_from_moments(mu.unsqueeze(-1), mu.unsqueeze(-2), var.unsqueeze(-1), var.unsqueeze(-2), cov, c1, c2)
+    ssim = ssim.abs() if similarity == 'abs' else ssim.pow(2)
+    return ssim.mean(dim=(-2, -1))
+
+
 @MODELS.register_module()
 class InterHeadCoherencyLoss(nn.Module):
     """L_IHC = 1/(L·Q) Σ_l Σ_q (1 - D_{l,q}),  D_q = 1/H² Σ_i Σ_j f(SSIM(A_{q,i}, A_{q,j})).
@@ -116,11 +155,6 @@ class InterHeadCoherencyLoss(nn.Module):
             head pairs) or ``'windowed'`` (Gaussian-window SSIM of pytorch_msssim on the maps
             reshaped to the (h, w) grid, data range 1).
         layers (Sequence[int] | None): indices into the record list (negatives allowed); None = all.
-        impl (str): ``'fast'`` or ``'reference'`` (explicit loops over head pairs on the
-            normalised maps, for testing). The fast global path computes the SSIM statistics of
-            the normalised maps from per-row statistics of the raw scores (fp32, one batched
-            Gram matrix per query, hand-written backward), never building the maps; the fast
-            windowed path is vectorised over head pairs.
         win_size (int): odd Gaussian window side for ``ssim='windowed'``; must not exceed the
             grid's smaller side (3 fits 4×4 grids and Swin's 7×7 windows).
         win_sigma (float): Gaussian sigma for ``ssim='windowed'``.
@@ -134,15 +168,13 @@ class InterHeadCoherencyLoss(nn.Module):
         loss_weight (float): multiplies the result.
     """
 
-    def __init__(self, similarity='abs', ssim='global', layers=None, impl='fast', win_size=3, win_sigma=1.5,
+    def __init__(self, similarity='abs', ssim='global', layers=None, win_size=3, win_sigma=1.5,
                  c1=DEFAULT_C1, c2=DEFAULT_C2, eps=1e-8, max_chunk_elements=2 ** 25, kernel='auto', loss_weight=1.0):
         super().__init__()
-        if similarity not in ('abs', 'squared'):
-            raise ValueError(f"similarity must be 'abs' or 'squared', got {similarity!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f'similarity must be one of {SIMILARITIES}, got {similarity!r}')
         if ssim not in ('global', 'windowed'):
             raise ValueError(f"ssim must be 'global' or 'windowed', got {ssim!r}")
-        if impl not in ('fast', 'reference'):
-            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
         if kernel not in ('auto', 'cpp', 'torch'):
             raise ValueError(f"kernel must be 'auto', 'cpp' or 'torch', got {kernel!r}")
         if win_size < 1 or win_size % 2 == 0:
@@ -150,7 +182,6 @@ class InterHeadCoherencyLoss(nn.Module):
         self.similarity = similarity
         self.ssim = ssim
         self.layers = None if layers is None else list(layers)
-        self.impl = impl
         self.win_size = int(win_size)
         self.win_sigma = float(win_sigma)
         self.c1 = float(c1)
@@ -161,7 +192,7 @@ class InterHeadCoherencyLoss(nn.Module):
         self.loss_weight = loss_weight
 
     def extra_repr(self):
-        return (f'similarity={self.similarity}, ssim={self.ssim}, layers={self.layers}, impl={self.impl}, '
+        return (f'similarity={self.similarity}, ssim={self.ssim}, layers={self.layers}, '
                 f'kernel={self.kernel}, loss_weight={self.loss_weight}')
 
     def _f(self, s):
@@ -178,8 +209,8 @@ class InterHeadCoherencyLoss(nn.Module):
         selected = select_records(records, self.layers)
         if not selected:
             raise ValueError('InterHeadCoherencyLoss got no attention records')
-        layer_fn = self._layer_loss_fast if self.impl == 'fast' else self._layer_loss_reference
-        per_layer = torch.stack([layer_fn(record) for record in selected])
+        layer_loss = self._layer_loss_global if self.ssim == 'global' else self._layer_loss_windowed
+        per_layer = torch.stack([layer_loss(record) for record in selected])
         return self.loss_weight * per_layer.mean()
 
     def _check_window(self, grid):
@@ -194,10 +225,8 @@ class InterHeadCoherencyLoss(nn.Module):
         return windowed_ssim(x.reshape(-1, 1, h, w), y.reshape(-1, 1, h, w), data_range=1.0, size_average=False,
                              win_size=self.win_size, win_sigma=self.win_sigma, K=k)
 
-    # -- vectorised path ------------------------------------------------------------------------
-    def _layer_loss_fast(self, record):
-        if self.ssim == 'global':
-            return self._layer_loss_global_stats(record)
+    def _layer_loss_windowed(self, record):
+        """Windowed-SSIM L_IHC of one layer, vectorised over the head pairs."""
         maps = spatial_head_maps(record, self.eps)            # (B', Q, H, K)
         num_heads = maps.shape[2]
         grid = record.layout.grid
@@ -218,44 +247,11 @@ class InterHeadCoherencyLoss(nn.Module):
         coherency = (num_heads + 2 * torch.cat(pair_sums)) / num_heads ** 2
         return (1 - coherency).mean()
 
-    def _layer_loss_global_stats(self, record):
-        """Global-SSIM L_IHC of one layer from per-row statistics of the raw scores.
-
-        Min-max normalisation is affine per (sequence, head, query) row, m = (x - lo) / r with
-        r = hi - lo + eps, so the statistics of the normalised maps follow from those of the raw
-        scores: μ_m = (μ_x - lo) / r and cov_m(i, j) = cov_x(i, j) / (r_i r_j). Only the centred
-        head Gram matrix per query (one batched matmul), the row minima/maxima and the means are
-        computed over the keys (in fp32); the normalised maps are never built.
-        """
-        _spatial_scores(record)                                        # checks the layout
+    def _layer_loss_global(self, record):
+        """Global-SSIM L_IHC of one layer: 1 - :func:`head_coherency`, averaged; on float32 CPU
+        scores the C++ kernel computes the same value and its gradient in one pass."""
+        spatial_scores(record)                                        # checks the layout
+        prefix = record.layout.num_prefix_tokens
         if self.kernel != 'torch' and kernel_applies(record.scores) and load_kernel(self.kernel == 'cpp'):
-            return IHCLayerCPU.apply(record.scores, record.layout.num_prefix_tokens, self.c1, self.c2, self.eps,
-                                     self.similarity == 'squared')
-        cov, low, high = _CenteredHeadGram.apply(record.scores, record.layout.num_prefix_tokens)
-        r = high - low + self.eps
-        mu = -low / r                                                  # mean of the normalised map
-        cov = cov / (r.unsqueeze(-1) * r.unsqueeze(-2))
-        var = cov.diagonal(dim1=-2, dim2=-1)
-        ssim = ssim_from_moments(mu.unsqueeze(-1), mu.unsqueeze(-2), var.unsqueeze(-1), var.unsqueeze(-2), cov,
-                                 self.c1, self.c2)                    # (B', Q, H, H)
-        coherency = self._f(ssim).mean(dim=(-2, -1))                   # D_q: (B', Q)
-        return (1 - coherency).mean()
-
-    # -- reference path: explicit loops over head pairs ----------------------------------------
-    def _layer_loss_reference(self, record):
-        maps = spatial_head_maps(record, self.eps)            # (B', Q, H, K)
-        batch, queries, num_heads, _ = maps.shape
-        if self.ssim == 'windowed':
-            self._check_window(record.layout.grid)
-        total = 0
-        for i in range(num_heads):
-            for j in range(num_heads):
-                a, b = maps[:, :, i, :], maps[:, :, j, :]
-                if self.ssim == 'global':
-                    s = global_ssim(a, b, self.c1, self.c2, dim=-1)
-                else:
-                    s = self._windowed_pair_ssim(a.reshape(batch * queries, -1), b.reshape(batch * queries, -1),
-                                                 record.layout.grid).view(batch, queries)
-                total = total + self._f(s)
-        coherency = total / num_heads ** 2
-        return (1 - coherency).mean()
+            return IHCLayerCPU.apply(record.scores, prefix, self.c1, self.c2, self.eps, self.similarity == 'squared')
+        return (1 - head_coherency(record.scores, prefix, self.similarity, self.c1, self.c2, self.eps)).mean()

@@ -1,4 +1,5 @@
-"""L_IHC's global-SSIM path as one C++ kernel on CPU (``csrc/ihc_cpu.cpp``).
+"""An accelerator of L_IHC's global-SSIM path (:func:`.ihc.head_coherency`, the definition): one C++
+kernel on CPU (``csrc/ihc_cpu.cpp``).
 
 On a small model the eager PyTorch path spends most of its time in many passes over the
 (B', Q, H, K) maps and small ops on the (B', Q, H, H) statistics; the kernel takes one
