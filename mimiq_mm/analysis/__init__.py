@@ -7,12 +7,12 @@ Plotting needs matplotlib; it is imported only when a figure is drawn.
 from .attention_stats import (attention_layer_names, check_layers, image_head_similarity,
                               patch_centre_pixel, patch_grid_of, query_head_maps, record_attention,
                               records_head_similarity, resolve_query)
-from .distance import HeadDistances, calibrate_student, head_distances, record_head_distances
+from .distance import HeadDistances, head_distances, record_head_distances
 from .errors import AnalysisInputError, LayerIndexError
 from .images import (ImageBatch, find_images, load_image_folder, load_synthetic_set, normalize_pixels,
                      resize_center_crop)
-from .model_loading import (AnalysisModel, calibrate_fresh_student, config_class_names, config_model,
-                            read_class_names, timm_model)
+from .model_loading import (AnalysisModel, calibrate_fresh_student, calibrate_student, config_class_names,
+                            config_model, read_class_names, timm_model)
 from .reports import format_summary_table, save_json, summarize
 
 __all__ = ['AnalysisInputError', 'AnalysisModel', 'HeadDistances', 'ImageBatch', 'LayerIndexError',

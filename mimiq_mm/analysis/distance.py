@@ -10,7 +10,6 @@ import torch
 
 from ..attention import AttentionRecord, attention_cores
 from ..losses import HAD_METRICS, HeadAttentionDistillLoss
-from ..quant import calibration
 from .attention_stats import check_layers, plain_forward, record_attention
 from .errors import AnalysisInputError
 from .images import batches
@@ -96,15 +95,3 @@ def head_distances(teacher, student, inputs, metrics=DEFAULT_METRICS, layers=Non
     count = inputs.shape[0]
     return HeadDistances(layer_names=names, layer_indices=layers, num_images=count,
                          per_head={m: [v / count for v in sums[m]] for m in metrics})
-
-
-@torch.no_grad()
-def calibrate_student(student, inputs, batch_size=16, forward: Callable = plain_forward):
-    """Initialise the activation quantizers of a freshly quantized ``student`` on ``inputs``."""
-    was_training = student.training
-    student.eval()
-    with calibration(student):
-        for part in batches(inputs.shape[0], batch_size):
-            forward(student, inputs[part])
-    student.train(was_training)
-    return student

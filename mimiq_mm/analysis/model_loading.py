@@ -14,10 +14,10 @@ import torch.nn as nn
 from ..apis import init_model, load_weights
 from ..attention import install_attention_capture
 from ..quant import quantize_model, quantizers_initialized
+from ..models import calibrate_activations
 from .attention_stats import plain_forward
-from .distance import calibrate_student
 from .errors import AnalysisInputError
-from .images import normalize_pixels, size_hw
+from .images import batches, normalize_pixels, size_hw
 
 DEFAULT_INPUT_SIZE = (224, 224)
 
@@ -188,6 +188,13 @@ def config_model(config, checkpoint=None, cfg_options=None, device='auto', input
                          description=f'config {config}')
 
 
+def calibrate_student(model: AnalysisModel, inputs, batch_size=16) -> None:
+    """Calibrate ``model.student``'s activation quantizers on ``inputs`` (N, 3, H, W), in batches
+    (:func:`mimiq_mm.models.calibrate_activations`, the pass fine-tuning starts with)."""
+    calibrate_activations(model.student, (inputs[part] for part in batches(inputs.shape[0], batch_size)),
+                          model.forward)
+
+
 def calibrate_fresh_student(model: AnalysisModel, inputs, batch_size=16) -> bool:
     """Calibrate ``model.student`` on ``inputs`` if its quantizers are not initialised yet.
 
@@ -196,7 +203,7 @@ def calibrate_fresh_student(model: AnalysisModel, inputs, batch_size=16) -> bool
     """
     if model.student is None or quantizers_initialized(model.student):
         return False
-    calibrate_student(model.student, inputs, batch_size, model.forward)
+    calibrate_student(model, inputs, batch_size)
     return True
 
 

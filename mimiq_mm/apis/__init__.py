@@ -1,4 +1,6 @@
 """The user-facing entry points, as in mmpretrain/mmdet/mmseg ``apis``."""
-from .model import MODEL_PARTS, build_model, init_model, load_config, load_weights
+from .checkpoint import checkpoint_state_dict, load_checkpoint, load_matching_weights, load_weights
+from .model import MODEL_PARTS, build_model, init_model, load_config
 
-__all__ = ['MODEL_PARTS', 'build_model', 'init_model', 'load_config', 'load_weights']
+__all__ = ['MODEL_PARTS', 'build_model', 'checkpoint_state_dict', 'init_model', 'load_checkpoint', 'load_config',
+           'load_matching_weights', 'load_weights']

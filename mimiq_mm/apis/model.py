@@ -12,12 +12,12 @@ from typing import Optional, Union
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+
+from ..registry import MODELS as MIMIQ_MODELS
+from .checkpoint import checkpoint_state_dict, load_checkpoint, load_weights
 
 #: what :func:`init_model` can return from a mimiq_mm (QuantDistiller) config
 MODEL_PARTS = ('model', 'teacher', 'student')
-#: a DDP wrapper's prefix; mmengine's default revision
-REVISE_KEYS = [(r'^module\.', '')]
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
@@ -50,29 +50,6 @@ def build_model(cfg: Config) -> nn.Module:
                          'uses (mmpretrain, mmseg, mmdet) installed?') from err
 
 
-def load_weights(model: nn.Module, checkpoint: Union[str, dict], what='model') -> dict:
-    """Load ``checkpoint`` (a path or URL, or an already loaded checkpoint dict) into ``model``
-    strictly, through mmengine's checkpoint loader (safe loading, every URL scheme) and its
-    ``revise_keys``. A mismatch is an error that says which checkpoint and model disagree.
-
-    Quantizer state may be absent (a full-precision checkpoint loads into a quantized model,
-    whose quantizers then stay uncalibrated); weights may not.
-    """
-    loaded = checkpoint
-    if isinstance(checkpoint, str):
-        loaded = _load_checkpoint(checkpoint, map_location='cpu', logger='current')
-    if not isinstance(loaded, dict):
-        raise ValueError(f'{checkpoint} holds no state dict; pass a checkpoint saved by tools/train.py '
-                         'or an OpenMMLab/timm checkpoint')
-    try:
-        _load_checkpoint_to_model(model, loaded, strict=True, revise_keys=REVISE_KEYS)
-    except RuntimeError as err:
-        source = checkpoint if isinstance(checkpoint, str) else 'the checkpoint'
-        raise ValueError(f'{source} does not fit the config\'s {what}: {_first_lines(err)}; check that config '
-                         'and checkpoint belong together') from err
-    return loaded
-
-
 def init_model(config: Union[str, Config], checkpoint: Optional[str] = None, device='cpu',
                cfg_options: Optional[dict] = None, part: str = 'model') -> nn.Module:
     """Build the model of ``config`` and load its weights, ready for inference (eval mode).
@@ -91,12 +68,11 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None, dev
 
     The returned module carries the config as ``model.cfg``.
     """
-    from ..models import QuantDistiller
     if part not in MODEL_PARTS:
         raise ValueError(f'part must be one of {MODEL_PARTS}, got {part!r}')
     cfg = load_config(config, cfg_options)
     model = build_model(cfg)
-    if isinstance(model, QuantDistiller):
+    if isinstance(model, MIMIQ_MODELS.get('QuantDistiller')):
         _load_distiller(model, checkpoint, part)
         model = model if part == 'model' else getattr(model, part)
     elif part == 'student':
@@ -109,9 +85,9 @@ def init_model(config: Union[str, Config], checkpoint: Optional[str] = None, dev
 
 
 def _load_distiller(distiller, checkpoint, part):
-    loaded = _load_checkpoint(checkpoint, map_location='cpu', logger='current') if checkpoint is not None else None
-    state = (loaded or {}).get('state_dict', loaded) or {}
-    whole = any(key.startswith(('teacher.', 'student.', 'module.teacher.', 'module.student.')) for key in state)
+    loaded = load_checkpoint(checkpoint) if checkpoint is not None else None
+    whole = loaded is not None and any(key.startswith(('teacher.', 'student.'))
+                                       for key in checkpoint_state_dict(loaded))
     if not whole and part != 'student':
         distiller.init_weights()  # the teacher from model.teacher_checkpoint, copied into the student
     if loaded is None:
@@ -120,9 +96,3 @@ def _load_distiller(distiller, checkpoint, part):
         load_weights(distiller, loaded, what='QuantDistiller (teacher and student)')
     else:
         load_weights(distiller.student, loaded, what='student')
-
-
-def _first_lines(err, count=4):
-    lines = [line for line in str(err).splitlines() if line.strip()]
-    return ' '.join(lines[1:count] if len(lines) > 1 else lines)
-

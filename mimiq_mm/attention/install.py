@@ -4,6 +4,7 @@ import types
 import torch.nn as nn
 
 from .adapters import ADAPTERS
+from ..utils.wrappers import unwrap_model
 from .core import AttentionCore, CaptureContext
 
 _CONTEXT_ATTR = '_mimiq_capture'
@@ -77,7 +78,7 @@ def install_attention_capture(model: nn.Module) -> CaptureContext:
 
 def get_capture_context(model: nn.Module) -> CaptureContext:
     """The model's :class:`CaptureContext`; installs capture if it is not there yet."""
-    model = getattr(model, 'module', model)  # DDP wrapper
+    model = unwrap_model(model)
     return install_attention_capture(model)
 
 

@@ -8,6 +8,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from ..registry import HOOKS
+from ..utils.wrappers import unwrap_model
 
 
 @HOOKS.register_module()
@@ -27,7 +28,7 @@ class StudentExportHook(Hook):
 
     @master_only
     def after_train(self, runner):
-        model = getattr(runner.model, 'module', runner.model)
+        model = unwrap_model(runner.model)
         cfg = model.quant_cfg
         path = os.path.join(runner.work_dir, self.filename.format(w=cfg.w_bits, a=cfg.a_bits))
         meta = dict(quant=asdict(cfg), teacher_checkpoint=model.teacher_checkpoint, iter=runner.iter,
@@ -73,7 +74,7 @@ class BestStudentHook(Hook):
             self._evaluate(runner, runner.iter + 1)
 
     def after_train(self, runner):
-        model = getattr(runner.model, 'module', runner.model)
+        model = unwrap_model(runner.model)
         criterion, iteration, state = self.best
         if iteration != runner.iter:
             model.student.load_state_dict(state)
@@ -83,7 +84,7 @@ class BestStudentHook(Hook):
 
     @torch.no_grad()
     def _evaluate(self, runner, iteration):
-        model = getattr(runner.model, 'module', runner.model)
+        model = unwrap_model(runner.model)
         criterion = model.holdout_distance(runner.train_loop.holdout_dataset, self.batch_size)
         self.history.append((iteration, criterion))
         runner.message_hub.update_scalar('holdout/kd', criterion)

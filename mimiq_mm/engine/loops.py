@@ -9,6 +9,7 @@ from ..datasets import SyntheticImageDataset
 from ..registry import LOOPS
 from ..synthesis import build_synthesizer, load_manifest, open_synthetic_set, prepare_synthetic_set, synthetic_root
 from ..quant import uncalibrated_quantizers
+from ..utils.wrappers import unwrap_model
 from .calibration import calibrate_missing_quantizers, calibrate_student, first_batches
 from .interrupt import InterruptCheckpointHook
 
@@ -90,7 +91,7 @@ class DataFreeQATLoop(IterBasedTrainLoop):
 
     @staticmethod
     def distiller_of(runner):
-        return getattr(runner.model, 'module', runner.model)
+        return unwrap_model(runner.model)
 
     def run(self):
         """The stage order; fine-tuning itself is mmengine's iteration loop (``super().run()``),

@@ -14,8 +14,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS as ROOT_MODELS
-from mmengine.runner.checkpoint import _load_checkpoint
 
+from ..apis.checkpoint import checkpoint_state_dict, load_checkpoint, load_matching_weights
 from ..attention import AttentionRecorder, install_attention_capture
 from ..losses import HeadAttentionDistillLoss
 from ..quant import (LSQActQuantizer, MinMaxActQuantizer, QuantConfig, UncalibratedQuantizerError, calibration,
@@ -23,6 +23,21 @@ from ..quant import (LSQActQuantizer, MinMaxActQuantizer, QuantConfig, Uncalibra
 from ..registry import MODELS
 from ..tasks import build_task
 from .data_preprocessor import DistillDataPreprocessor
+
+
+@torch.no_grad()
+def calibrate_activations(student, batches, forward, only_uncalibrated=False):
+    """The calibration pass: run ``forward(student, inputs)`` in eval mode on each of ``batches``
+    (preprocessed inputs (B, 3, H, W)) while the activation quantizers observe (with
+    ``only_uncalibrated``, only those that are not calibrated yet). What
+    :meth:`QuantDistiller.calibrate`, the fine-tuning loop's calibration
+    (:mod:`mimiq_mm.engine.calibration`) and the analysis tools run."""
+    was_training = student.training
+    student.eval()
+    with calibration(student, only_uncalibrated):
+        for inputs in batches:
+            forward(student, inputs)
+    student.train(was_training)
 
 
 @MODELS.register_module()
@@ -95,23 +110,14 @@ class QuantDistiller(BaseModel):
             if not (os.path.isfile(ckpt) or '://' in ckpt):
                 raise FileNotFoundError(f'teacher checkpoint {ckpt!r} not found; set model.teacher_checkpoint to '
                                         'an existing file (e.g. --cfg-options model.teacher_checkpoint=PATH)')
-            state = _load_checkpoint(ckpt, map_location='cpu', logger='current')  # mmengine's loader: files, URLs
-            state = state.get('state_dict', state.get('model', state))
-            state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-            try:
-                if any(k.startswith('teacher.') for k in state):  # a distiller checkpoint: its teacher part,
-                    # loaded through this module so that nested keys are routed as in load_state_dict
-                    missing, unexpected = self.load_state_dict(
-                        {k: v for k, v in state.items() if k.startswith('teacher.')}, strict=False)
-                    missing = [k for k in missing if k.startswith('teacher.')]
-                else:
-                    missing, unexpected = self.teacher.load_state_dict(state, strict=False)
-            except RuntimeError as err:  # shape mismatches
-                raise ValueError(f'teacher checkpoint {ckpt} does not fit model.architecture ({err}); '
-                                 'check that the config describes the checkpoint\'s model') from err
-            if missing:
-                raise ValueError(f'teacher checkpoint {ckpt} does not fit model.architecture: '
-                                 f'{len(missing)} missing keys, e.g. {missing[:5]}; check the config and checkpoint')
+            state = checkpoint_state_dict(load_checkpoint(ckpt))
+            source = f'teacher checkpoint {ckpt}'
+            if any(k.startswith('teacher.') for k in state):  # a distiller checkpoint: its teacher part,
+                # loaded through this module so that nested keys are routed as in load_state_dict
+                unexpected = load_matching_weights(self, {k: v for k, v in state.items() if k.startswith('teacher.')},
+                                                   source, 'model.architecture', prefix='teacher.')
+            else:
+                unexpected = load_matching_weights(self.teacher, state, source, 'model.architecture')
             if unexpected:
                 print_log(f'teacher checkpoint: ignored {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}',
                           logger='current', level=30)
@@ -137,16 +143,10 @@ class QuantDistiller(BaseModel):
                     state_dict[f'{prefix}{part}.{key[len(nested):]}'] = state_dict.pop(key)
 
     # ------------------------------------------------------------------ quantizers
-    @torch.no_grad()
     def calibrate(self, batches, only_uncalibrated=False):
         """Initialise activation quantizers on ``batches`` of preprocessed inputs (B, 3, H, W)
         (with ``only_uncalibrated``, only those that are not calibrated yet)."""
-        was_training = self.student.training
-        self.student.eval()
-        with calibration(self.student, only_uncalibrated):
-            for inputs in batches:
-                self.task.forward_tensor(self.student, inputs)
-        self.student.train(was_training)
+        calibrate_activations(self.student, batches, self.task.forward_tensor, only_uncalibrated)
 
     def quantizers_initialized(self):
         return quantizers_initialized(self.student)

@@ -42,7 +42,7 @@ def parse_args(argv=None):
 def calibrated_ranges(model, pixels, batch_size):
     """{quantizer name: max - min} after min-max calibration on ``pixels``."""
     reset_activation_ranges(model.student)
-    calibrate_student(model.student, model.inputs(pixels), batch_size, model.forward)
+    calibrate_student(model, model.inputs(pixels), batch_size)
     return {name: float(q.max_val - q.min_val) for name, q in model.student.named_modules()
             if isinstance(q, MinMaxActQuantizer) and bool(q.initialized)}
 

@@ -19,6 +19,7 @@ from ...evaluation.fidelity import SUFFIX as FIDELITY_SUFFIX
 from ...evaluation.fidelity import fidelity_metric, metric_list, reference_format, reference_writer
 from ...synthesis import (SyntheticSet, build_synthesizer, file_sha256, load_manifest, open_synthetic_set,
                           prepare_synthetic_set)
+from ...utils.wrappers import unwrap_model
 from .hooks import DeadlineHook, TrainingTimeGuardHook
 from .recipe import load_teacher_config, parse_bits, quantization_config
 from .selection import head_similarity_summary, select_synthetic_set
@@ -176,7 +177,7 @@ class UnitRunner:
         runner.train()
         if guard.stopped_by_deadline:
             return None
-        model = getattr(runner.model, 'module', runner.model)
+        model = unwrap_model(runner.model)
         info = dict(epochs=epochs, epochs_trained=guard.cut_at_epoch or epochs, cut=guard.cut_at_epoch is not None,
                     train_seconds=round(time.time() - start, 1), params=sum(p.numel() for p in model.parameters()))
         torch.save(dict(state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
