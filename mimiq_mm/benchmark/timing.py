@@ -154,12 +154,25 @@ def environment(device, argv=None):
     return env
 
 
+def cpu_features():
+    """The CPU's model name, architecture and the instruction sets that int8 and bf16 kernels
+    depend on: ``avx2``, ``avx512`` (F), ``vnni`` (int8 dot products summed in 32 bits: AVX512-
+    or AVX-VNNI, or AMX), ``amx`` (AMX int8/bf16 tiles), ``bf16`` (AVX512-BF16 or AMX-BF16), from
+    /proc/cpuinfo; each None where it cannot be read (no /proc/cpuinfo, or no ``flags`` line, as on ARM)."""
+    flags = _cpuinfo('flags')
+    names = set(flags.split()) if flags is not None else None
+
+    def has(*wanted):
+        return None if names is None else bool(names & set(wanted))
+    return dict(model=_cpu_name(), arch=platform.machine(), avx2=has('avx2'), avx512=has('avx512f'),
+                vnni=has('avx512_vnni', 'avx_vnni', 'amx_int8'), amx=has('amx_int8', 'amx_bf16', 'amx_tile'),
+                bf16=has('avx512_bf16', 'amx_bf16'))
+
+
 def _cpu_int8_dot():
     """'vnni' (int8 dot products in 32 bits), 'no vnni' (x86: 16-bit pair sums that can saturate) or None."""
-    flags = _cpuinfo('flags')
-    if flags is None:
-        return None
-    return 'vnni' if set(flags.split()) & {'avx512_vnni', 'avx_vnni'} else 'no vnni'
+    vnni = cpu_features()['vnni']
+    return None if vnni is None else 'vnni' if vnni else 'no vnni'
 
 
 def _cpu_name():

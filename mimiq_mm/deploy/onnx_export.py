@@ -3,9 +3,9 @@
 :func:`export_onnx` runs torch's ONNX exporter (``dynamo=True``) on the model in
 :func:`~.qdq.qdq_export_mode`, with a dynamic batch dimension, then stores weight codes of 4
 bits or fewer as INT4 initializers where the opset allows (21 and later), so a W4 model is an
-eighth of its float size, and 8-bit weight codes as uint8 so that no CPU's integer kernels
-saturate on them (:func:`unsign_saturating_weights`). What is exported depends on the task
-(:class:`ExportWrapper`).
+eighth of its float size, and 8-bit weight codes as the target CPU computes them exactly and
+fast (:mod:`.target`: int8, or uint8 + 128 for x86 CPUs without VNNI,
+:func:`unsign_saturating_weights`). What is exported depends on the task (:class:`ExportWrapper`).
 """
 import os
 import os.path as osp
@@ -14,8 +14,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 
 from .qdq import DeployError, check_exportable, qdq_export_mode
+from .target import META_SOURCE, META_TARGET, META_WIDE_INT8, WEIGHT_STORAGE, resolve_target
 
 #: opsets the exporter writes and ONNX Runtime runs; INT4 initializers need 21
 MIN_OPSET, INT4_OPSET, MAX_OPSET = 17, 21, 23
@@ -78,7 +80,7 @@ class ExportWrapper(nn.Module):
 
 def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 224), batch: int = 1,
                 opset: int = DEFAULT_OPSET, int4_weights: Optional[bool] = None, dynamic_batch: bool = True,
-                signed_8bit_weights: bool = False):
+                target: str = 'auto'):
     """Export the fake-quantized ``model`` (eval mode, CPU) to ``path`` in Q/DQ form.
 
     Args:
@@ -89,20 +91,21 @@ def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 2
         int4_weights: store weight codes of 4 bits or fewer as INT4 (default: when the opset
             allows). False keeps them in int8 (twice the size, but ONNX Runtime's integer matmul
             kernels take int8 weights; INT4 weights are dequantized at run time).
-        signed_8bit_weights: keep int8 codes beyond -64..63 (8-bit weights) as int8 instead of
-            uint8 + 128. Only for CPUs whose kernels cannot saturate (VNNI, ARM), where int8 may
-            be faster (not measured); on x86 CPUs without VNNI, ONNX Runtime's uint8 x int8
-            kernels then clip sums and the outputs move by several percent (benchmarks/results/README.md, "Saturation").
+        target: the CPU the file is for (:mod:`.target`): 'x86-vnni' and 'arm' store 8-bit
+            weight codes as int8 (ONNX Runtime's fast u8 x s8 kernels), 'x86-no-vnni' as uint8
+            + 128 (exact on x86 CPUs without VNNI, whose u8 x s8 kernels saturate), 'auto' (default)
+            the CPU doing the export. Written into the file's metadata_props.
 
     Returns:
-        dict: what was written (path, opset, size in bytes, INT4 and uint8 weight initializers,
-        output names).
+        dict: what was written (path, opset, size in bytes, target, INT4 and uint8 weight
+        initializers, output names).
     """
     require_deploy_packages(runtime=False)
     check_opset(opset)
     if int4_weights and opset < INT4_OPSET:
         raise DeployError(f'INT4 weights need opset {INT4_OPSET} or later (got {opset})')
     int4_weights = opset >= INT4_OPSET if int4_weights is None else int4_weights
+    target, target_source = resolve_target(target)
     check_exportable(model)
     model = model.eval()
     wrapper = ExportWrapper(model).eval()
@@ -115,12 +118,17 @@ def export_onnx(model: nn.Module, path: str, input_size: Sequence[int] = (224, 2
                                     input_names=['images'], output_names=names, verbose=False)
     proto = program.model_proto
     packed = pack_int4_weights(proto) if int4_weights else 0
-    unsigned = 0 if signed_8bit_weights else unsign_saturating_weights(proto)
+    unsigned = unsign_saturating_weights(proto) if WEIGHT_STORAGE[target] == 'uint8+128' else 0
+    wide = sum(1 for _ in _wide_int8_weights(proto))
+    _set_metadata(proto, {META_TARGET: target, META_SOURCE: target_source, META_WIDE_INT8: str(wide)})
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     import onnx
     onnx.save(proto, path)
-    return dict(path=path, opset=opset, bytes=osp.getsize(path), int4_initializers=packed,
-                uint8_weight_initializers=unsigned, outputs=names, input_size=[h, w], dynamic_batch=dynamic_batch)
+    print_log(f'ONNX export for {target} ({target_source}): 8-bit weight codes as {WEIGHT_STORAGE[target]}',
+              logger='current')
+    return dict(path=path, opset=opset, bytes=osp.getsize(path), target=target, target_source=target_source,
+                int4_initializers=packed, uint8_weight_initializers=unsigned, int8_weights_beyond_64=wide,
+                outputs=names, input_size=[h, w], dynamic_batch=dynamic_batch)
 
 
 def pack_int4_weights(proto) -> int:
@@ -151,11 +159,28 @@ def unsign_saturating_weights(proto) -> int:
     same dequantized values, but ONNX Runtime then fuses the matmul into its uint8 x uint8
     kernels, which do not saturate; returns how many."""
     from onnx import numpy_helper
+    unsigned = 0
+    for node, codes, values, zero_shape in list(_wide_int8_weights(proto)):
+        codes.CopyFrom(numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), codes.name))
+        name = f'{codes.name}_zero_point_uint8'
+        proto.graph.initializer.append(numpy_helper.from_array(np.full(zero_shape, 128, np.uint8), name))
+        while len(node.input) < 3:
+            node.input.append('')
+        node.input[2] = name
+        unsigned += 1
+    _drop_unused_initializers(proto)  # the int8 zero points the uint8 ones replaced
+    return unsigned
+
+
+def _wide_int8_weights(proto):
+    """(DequantizeLinear, codes initializer, codes, zero point shape) of every symmetric int8
+    weight with a code outside :data:`SATURATION_FREE_CODES`: those u8 x s8 kernels without
+    VNNI can saturate on."""
+    from onnx import numpy_helper
     inits = {t.name: t for t in proto.graph.initializer}
     low, high = SATURATION_FREE_CODES
-    unsigned = 0
     for node, codes in _int8_weight_dequantizers(proto, inits):
-        values = numpy_helper.to_array(codes).astype(np.int16)
+        values = numpy_helper.to_array(codes)
         if values.size == 0 or (values.min() >= low and values.max() <= high):
             continue
         has_zero = len(node.input) > 2 and node.input[2]
@@ -163,15 +188,14 @@ def unsign_saturating_weights(proto) -> int:
             np.zeros(numpy_helper.to_array(inits[node.input[1]]).shape, np.int8)
         if np.any(zero != 0):  # the exporter writes symmetric weights; anything else stays as it is
             continue
-        codes.CopyFrom(numpy_helper.from_array((values + 128).astype(np.uint8), codes.name))
-        name = f'{codes.name}_zero_point_uint8'
-        proto.graph.initializer.append(numpy_helper.from_array(np.full(zero.shape, 128, np.uint8), name))
-        while len(node.input) < 3:
-            node.input.append('')
-        node.input[2] = name
-        unsigned += 1
-    _drop_unused_initializers(proto)  # the int8 zero points the uint8 ones replaced
-    return unsigned
+        yield node, codes, values, zero.shape
+
+
+def _set_metadata(proto, entries):
+    for key, value in entries.items():
+        for prop in [p for p in proto.metadata_props if p.key == key]:
+            proto.metadata_props.remove(prop)
+        proto.metadata_props.add(key=key, value=value)
 
 
 def _int8_weight_dequantizers(proto, inits):

@@ -14,7 +14,10 @@ exporter writes as ``QuantizeLinear`` / ``DequantizeLinear``:
   :mod:`.onnx_export`);
 * the attention core computes q·kᵀ with the softmax scale folded into q's dequantization scale
   and k quantized after its transpose, and mmseg's packed q/k/v projection uses one constant per
-  projection, so ONNX Runtime finds DequantizeLinear → MatMul on both inputs of every matmul.
+  projection, so ONNX Runtime finds DequantizeLinear → MatMul on both inputs of every matmul;
+* the OpenMMLab Swins (mmpretrain, mmseg, mmdet ``ShiftWindowMSA``) reverse their windows with
+  the batch left to the reshape: theirs computes it with ``int()``, which the exporter records
+  as the example's batch, and the file then mixes the images of any other batch size.
 
 The codes are those the fake quantizer rounds to (``clamp(round(x / step + offset))``): the
 exported graph computes what the student computes, up to rounding ties (ONNX rounds
@@ -140,6 +143,16 @@ def _packed_project(self, x, index):
     return nn.functional.linear(self.input_quantizer(x), weight, bias)
 
 
+def _window_reverse(window_size):
+    """``ShiftWindowMSA.window_reverse`` (mmpretrain: ``(windows, H, W, window_size)``, mmseg and
+    mmdet: ``(windows, H, W)``) with the batch from the reshape."""
+    def window_reverse(windows, H, W, size=window_size):
+        channels = windows.shape[-1]
+        x = windows.view(-1, H // size, W // size, size, size, channels)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, channels)
+    return window_reverse
+
+
 def check_exportable(model: nn.Module):
     """Raise :class:`DeployError` unless ``model`` is a fake-quantized, calibrated model."""
     found = quantizers(model)
@@ -175,9 +188,9 @@ def qdq_export_mode(model: nn.Module):
     check_exportable(model)
     patched, buffers = [], []
 
-    def patch(obj, attr, fn):
+    def patch(obj, attr, fn, bind=True):
         patched.append((obj, attr, obj.__dict__.get(attr)))
-        setattr(obj, attr, types.MethodType(fn, obj))
+        obj.__dict__[attr] = types.MethodType(fn, obj) if bind else fn
 
     def add_buffer(module, name, tensor):
         module.register_buffer(name, tensor, persistent=False)
@@ -202,6 +215,10 @@ def qdq_export_mode(model: nn.Module):
         for core in model.modules():
             if isinstance(core, AttentionCore) and core.quantized:
                 patch(core, 'quantized_scores', _scores_forward)
+        for module in model.modules():
+            size = getattr(module, 'window_size', None)
+            if callable(getattr(module, 'window_reverse', None)) and isinstance(size, int):
+                patch(module, 'window_reverse', _window_reverse(size), bind=False)
         yield model
     finally:
         for obj, attr, previous in reversed(patched):

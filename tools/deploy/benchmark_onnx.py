@@ -6,18 +6,23 @@ this single-threaded process, median over rounds), at each batch size:
 * ``torch_fp32``: the full-precision model in PyTorch;
 * ``torch_fakequant``: the fake-quantized student in PyTorch;
 * ``ort_fp32``: the full-precision model exported to ONNX, in ONNX Runtime;
-* ``ort_mimiq``: the student exported by ``mimiq_mm.deploy`` (Q/DQ with its own scales);
+* ``ort_mimiq``: the student exported by ``mimiq_mm.deploy`` (Q/DQ with its own scales) with the
+  default ``--target auto`` (this CPU);
 * ``ort_mimiq_int8w``: the same with 2–4-bit weight codes kept in int8 (only below 8-bit weights);
+* ``ort_mimiq_u8w`` / ``ort_mimiq_s8w`` (8-bit weights): the other storage of the weight codes
+  than ``auto`` chose here, uint8 + 128 (``--target x86-no-vnni``) or int8 (``x86-vnni``);
 * ``ov_*`` (``--openvino``): the FP32 and exported files compiled by OpenVINO (CPU, one thread);
 * ``ort_static``: ONNX Runtime's static W8A8 quantization of ``ort_fp32`` (its pre-processing,
   then QDQ with per-channel weights on MatMul/Gemm/Conv, min-max calibration on the student's
   calibration images), the limit of its integer kernels.
 
-Also reports file sizes, the integer operators of each optimised graph, and the exported
-model's agreement with the PyTorch student. Random weights are fine for speed:
+Also reports file sizes, the integer operators of each optimised graph, the exported model's
+agreement with the PyTorch student (``mimiq_mm.deploy.parity``), and what the timings depend on
+(CPU model and features, threads, versions, git commit). Random weights are fine for speed:
 
     OMP_NUM_THREADS=1 taskset -c 1 python tools/deploy/benchmark_onnx.py --timm-model deit_small_patch16_224 \
         --w-bits 8 --a-bits 8
+    python tools/deploy/speed_table.py benchmarks/results/onnx_*.json   # the README's table
     python tools/deploy/benchmark_onnx.py CONFIG CHECKPOINT   # a trained student
 """
 import argparse
@@ -26,6 +31,7 @@ import json
 import os
 import os.path as osp
 import statistics
+import subprocess
 import sys
 import time
 
@@ -125,10 +131,9 @@ def time_candidates(calls, rounds, warmup):
 def main(argv=None):
     args = parse_args(argv)
     import torch
-    from mimiq_mm.deploy import ExportWrapper, export_onnx, require_deploy_packages
+    from mimiq_mm.deploy import WEIGHT_STORAGE, ExportWrapper, export_onnx, require_deploy_packages
     from mimiq_mm.deploy.parity import compare_outputs
     from mimiq_mm.deploy.runtime import integer_ops, openvino_model, optimized_op_counts, ort_session, run
-    from mimiq_mm.benchmark.timing import environment
     require_deploy_packages()
     torch.set_num_threads(1)
     size = tuple(args.input_size)
@@ -139,13 +144,15 @@ def main(argv=None):
                  ort_mimiq=osp.join(args.work_dir, f'{tag}.onnx'),
                  ort_static=osp.join(args.work_dir, f'{name}_ort_static_w8a8.onnx'))
     export_fp32(fp, files['ort_fp32'], size, args.opset)
-    export_onnx(student, files['ort_mimiq'], input_size=size, opset=args.opset)
+    exported = export_onnx(student, files['ort_mimiq'], input_size=size, opset=args.opset)  # --target auto
     if args.w_bits < 8:
         files['ort_mimiq_int8w'] = osp.join(args.work_dir, f'{tag}_int8w.onnx')
         export_onnx(student, files['ort_mimiq_int8w'], input_size=size, opset=args.opset, int4_weights=False)
-    else:  # 8-bit weight codes as int8 (--signed-int8-weights): faster where the kernels cannot saturate
-        files['ort_mimiq_s8w'] = osp.join(args.work_dir, f'{tag}_s8w.onnx')
-        export_onnx(student, files['ort_mimiq_s8w'], input_size=size, opset=args.opset, signed_8bit_weights=True)
+    else:  # the other storage of 8-bit weight codes, for comparison
+        other, key = (('x86-no-vnni', 'ort_mimiq_u8w') if WEIGHT_STORAGE[exported['target']] == 'int8' else
+                      ('x86-vnni', 'ort_mimiq_s8w'))
+        files[key] = osp.join(args.work_dir, f'{tag}_{key[-3:]}.onnx')
+        export_onnx(student, files[key], input_size=size, opset=args.opset, target=other)
     ort_static_quantize(files['ort_fp32'], files['ort_static'], size)
     sessions = {key: ort_session(path) for key, path in files.items()}
     openvino = {key.replace('ort_', 'ov_'): openvino_model(files[key])
@@ -154,20 +161,17 @@ def main(argv=None):
     probe = [calibration_images(size, seed=s) for s in (2, 3)]  # the parity checks' images
     result = dict(model=name, w_bits=args.w_bits, a_bits=args.a_bits, act_method=args.act_method,
                   input_size=list(size), opset=args.opset, rounds=args.rounds, warmup=args.warmup,
-                  timer='process CPU time, one thread (torch and ONNX Runtime), candidates interleaved',
-                  files={k: dict(path=p, bytes=osp.getsize(p)) for k, p in files.items()},
+                  target=exported['target'], target_source=exported['target_source'],
+                  timer='process CPU time, one thread (torch, ONNX Runtime, OpenVINO), candidates interleaved',
+                  files={k: dict(file=osp.basename(p), bytes=osp.getsize(p)) for k, p in files.items()},
                   integer_ops={k: integer_ops(optimized_op_counts(p)) for k, p in files.items()},
-                  parity=compare_outputs(student, files['ort_mimiq'], probe),
-                  **({'parity_s8w': compare_outputs(student, files['ort_mimiq_s8w'], probe)}
-                     if 'ort_mimiq_s8w' in files else {}),
-                  timings={})
+                  parity=compare_outputs(student, files['ort_mimiq'], probe), timings={})
+    for key in ('ort_mimiq_u8w', 'ort_mimiq_s8w'):
+        if key in files:
+            result[f'parity_{key[-3:]}'] = compare_outputs(student, files[key], probe)
     if openvino:  # the exported file in OpenVINO against the PyTorch student, as for ONNX Runtime
-        with torch.no_grad():
-            ours = [q_wrapper(x).argmax(1).numpy() for x in probe]
-        theirs = [openvino['ov_mimiq'](x)[0].argmax(1) for x in probe]
-        result['parity_openvino'] = dict(images=sum(len(a) for a in ours), top1_agreement=float(
-            sum((a == b).sum() for a, b in zip(ours, theirs)) / sum(len(a) for a in ours)))
-        result['environment_openvino'] = __import__('openvino').__version__
+        result['parity_openvino'] = compare_outputs(student, openvino['ov_mimiq'], probe)
+        result['openvino_settings'] = openvino['ov_mimiq'].settings
     for batch in args.batches:
         images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(batch))
         array = images.numpy()
@@ -181,15 +185,41 @@ def main(argv=None):
         calls.update({key: (lambda s=s: run(s, array)) for key, s in sessions.items()})
         calls.update({key: (lambda m=m: m(array)) for key, m in openvino.items()})
         result['timings'][f'batch_{batch}'] = time_candidates(calls, args.rounds, args.warmup)
-    command = 'python tools/deploy/benchmark_onnx.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    result['environment'] = environment('cpu', command.split())
-    result['environment']['onnxruntime'] = __import__('onnxruntime').__version__
+    result['environment'] = benchmark_environment(sys.argv[1:] if argv is None else argv)
     print(format_table(result))
     out = args.out or osp.join('benchmarks', 'results', f'onnx_{tag}.json')
     with open(out, 'w') as f:
         json.dump(result, f, indent=1)
     print(f'wrote {out}')
     return result
+
+
+def benchmark_environment(argv):
+    """What the timings depend on, without paths of this machine: CPU model and features,
+    threads, library versions, the git commit."""
+    from mimiq_mm.benchmark.timing import cpu_features, environment
+    command = ['python', 'tools/deploy/benchmark_onnx.py'] + [osp.basename(a) if osp.isabs(a) else a for a in argv]
+    env = environment('cpu', command)
+    try:
+        openvino = __import__('openvino').__version__
+    except ImportError:
+        openvino = None
+    env.update(cpu=cpu_features(), threads=dict(torch=1, onnxruntime=1, openvino=1),
+               onnxruntime=__import__('onnxruntime').__version__, openvino=openvino, git=git_commit())
+    return env
+
+
+def git_commit():
+    """The checkout's commit, '+uncommitted changes' where tracked files differ from it; None without git."""
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    try:
+        commit = subprocess.run(['git', '-C', root, 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run(['git', '-C', root, 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+    return (commit + ('+uncommitted changes' if dirty else '')) or None
 
 
 def format_table(result):
