@@ -57,19 +57,16 @@ def main(argv=None):
     import torch
     from mmengine.dist import get_dist_info, init_dist
     from mimiq_mm.apis import init_model
-    from mimiq_mm.synthesis import build_synthesizer, open_synthetic_set, prepare_synthetic_set, synthetic_root
+    from mimiq_mm.synthesis import SyntheticSetMaker
     if args.launcher != 'none':  # ranks split the batches; gloo without CUDA
         init_dist(args.launcher, backend='nccl' if torch.cuda.is_available() else 'gloo')
     device = f'cuda:{get_dist_info()[0] % torch.cuda.device_count()}' if torch.cuda.is_available() else 'cpu'
     from train import user_errors_reported  # tools/train.py: bad input ends with its message
     with user_errors_reported():
         distiller = init_model(cfg, device=device)  # the teacher from model.teacher_checkpoint
-        synthesis = cfg.train_cfg.synthesis
-        synthesizer = build_synthesizer(synthesis, distiller)
-        synthetic_set = open_synthetic_set(synthetic_root(synthesis, work_dir, synthesizer.method), synthesizer,
-                                           synthesis, distiller.teacher_checkpoint)
-        prepare_synthetic_set(synthesizer, synthetic_set)
-    print(f'synthetic set ready: {synthetic_set.num_images} images in {synthetic_set.root}')
+        maker = SyntheticSetMaker.from_config(cfg.train_cfg.synthesis, distiller, work_dir)
+        maker.make()
+    print(f'synthetic set ready: {maker.synthetic_set.num_images} images in {maker.synthetic_set.root}')
 
 
 if __name__ == '__main__':

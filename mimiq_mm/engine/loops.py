@@ -7,7 +7,7 @@ from mmengine.runner import IterBasedTrainLoop
 
 from ..datasets import SyntheticImageDataset
 from ..registry import LOOPS
-from ..synthesis import build_synthesizer, load_manifest, open_synthetic_set, prepare_synthetic_set, synthetic_root
+from ..synthesis import SyntheticSetMaker, load_manifest
 from ..quant import uncalibrated_quantizers
 from ..utils.wrappers import unwrap_model
 from .calibration import calibrate_missing_quantizers, calibrate_student, first_batches
@@ -58,16 +58,14 @@ class DataFreeQATLoop(IterBasedTrainLoop):
         self.holdout_dataset = None
         if holdout_images and data_source != 'synthetic':
             raise ValueError('holdout_images needs data_source="synthetic"')
-        self.synthesizer = None
+        self.set_maker = None
         if data_source == 'synthetic':
             if synthetic_set is not None:
                 root, num_images = synthetic_set, load_manifest(synthetic_set)['num_images']
             else:
-                self.synthesizer = build_synthesizer(self.synthesis, self.distiller_of(runner))
-                self.synthetic_set = open_synthetic_set(
-                    synthetic_root(self.synthesis, runner.work_dir, self.synthesizer.method), self.synthesizer,
-                    self.synthesis, self.distiller_of(runner).teacher_checkpoint)
-                root, num_images = self.synthetic_set.root, self.synthetic_set.num_images
+                self.set_maker = SyntheticSetMaker.from_config(self.synthesis, self.distiller_of(runner),
+                                                               runner.work_dir)
+                root, num_images = self.set_maker.synthetic_set.root, self.set_maker.synthetic_set.num_images
             images = dict(root=root, num_images=num_images, holdout=holdout_images)
             dataloader = dict(batch_size=batch_size, num_workers=0, sampler=dict(type='InfiniteSampler', shuffle=True),
                               collate_fn=dict(type='default_collate'),
@@ -107,8 +105,8 @@ class DataFreeQATLoop(IterBasedTrainLoop):
 
     def prepare_data(self):
         """Make (or finish) the synthetic set and load it."""
-        if self.synthesizer is not None:
-            prepare_synthetic_set(self.synthesizer, self.synthetic_set, visualizer=self.runner.visualizer)
+        if self.set_maker is not None:
+            self.set_maker.make(visualizer=self.runner.visualizer)
         if self.data_source == 'synthetic':
             self.dataloader.dataset.load()
             if self.holdout_dataset is not None:

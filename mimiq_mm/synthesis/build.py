@@ -3,9 +3,13 @@
 ``train_cfg.synthesis`` is one flat dict. Four keys describe the set and are read here
 (:data:`SET_OPTIONS`, with their defaults); every other key is an option of the registered
 synthesizer (``type``, default :class:`ImageSynthesizer`, whose signature holds the defaults).
+
+:class:`SyntheticSetMaker` is the one way to make a set: the fine-tuning loop,
+``tools/synthesize.py`` and the benchmarks use it.
 """
 import inspect
 import os.path as osp
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from mmengine.logging import print_log
@@ -54,14 +58,36 @@ def synthetic_root(cfg: Optional[dict], work_dir: str, method: str) -> str:
     return set_options(cfg)['out_dir'] or osp.join(work_dir, f'synthetic_{method}')
 
 
-def open_synthetic_set(root: str, synthesizer, cfg: Optional[dict], teacher_checkpoint=None) -> SyntheticSet:
-    """The :class:`SyntheticSet` at ``root`` with the settings that define it: the synthesizer's,
-    the set's and the teacher's (path and sha256), so a folder made otherwise is refused."""
-    options = set_options(cfg)
-    settings = dict(synthesizer.settings(), num_images=options['num_images'], batch_size=options['batch_size'],
-                    base_seed=options['seed'], teacher_checkpoint=teacher_checkpoint,
-                    teacher_sha256=file_sha256(teacher_checkpoint))
-    return SyntheticSet(root, _jsonable(settings))
+@dataclass
+class SyntheticSetMaker:
+    """A synthetic set on disk and the synthesizer that makes it: :meth:`from_config` opens the
+    set (its folder and the settings that define it), :meth:`make` makes what is missing.
+
+    Attributes:
+        synthesizer: built by :func:`build_synthesizer`.
+        synthetic_set (SyntheticSet): at its root, with the synthesizer's, the set's and the
+            teacher's settings (path and sha256), so that a folder made otherwise is refused.
+    """
+    synthesizer: object
+    synthetic_set: SyntheticSet
+
+    @classmethod
+    def from_config(cls, cfg: Optional[dict], distiller, work_dir: Optional[str] = None,
+                    root: Optional[str] = None) -> 'SyntheticSetMaker':
+        """The set of ``train_cfg.synthesis`` for ``distiller``'s teacher, at ``root``, else at
+        ``out_dir``, else at ``<work_dir>/synthetic_<method>``."""
+        synthesizer = build_synthesizer(cfg, distiller)
+        options = set_options(cfg)
+        teacher_checkpoint = distiller.teacher_checkpoint
+        settings = dict(synthesizer.settings(), num_images=options['num_images'], batch_size=options['batch_size'],
+                        base_seed=options['seed'], teacher_checkpoint=teacher_checkpoint,
+                        teacher_sha256=file_sha256(teacher_checkpoint))
+        root = root or synthetic_root(cfg, work_dir, synthesizer.method)
+        return cls(synthesizer, SyntheticSet(root, _jsonable(settings)))
+
+    def make(self, visualizer=None, should_stop: Optional[Callable[[], bool]] = None) -> bool:
+        """Make (or finish) the set; whether it is complete (:func:`prepare_synthetic_set`)."""
+        return prepare_synthetic_set(self.synthesizer, self.synthetic_set, visualizer, should_stop)
 
 
 def prepare_synthetic_set(synthesizer, synthetic_set: SyntheticSet, visualizer=None,

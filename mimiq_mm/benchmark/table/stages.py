@@ -17,8 +17,7 @@ from ...apis import init_model
 from ...datasets import SyntheticImageDataset
 from ...evaluation.fidelity import SUFFIX as FIDELITY_SUFFIX
 from ...evaluation.fidelity import fidelity_metric, metric_list, reference_format, reference_writer
-from ...synthesis import (SyntheticSet, build_synthesizer, file_sha256, load_manifest, open_synthetic_set,
-                          prepare_synthetic_set)
+from ...synthesis import SyntheticSet, SyntheticSetMaker, file_sha256, load_manifest
 from ...utils.wrappers import unwrap_model
 from .hooks import DeadlineHook, TrainingTimeGuardHook
 from .recipe import load_teacher_config, parse_bits, quantization_config
@@ -196,10 +195,9 @@ class UnitRunner:
             select_synthetic_set(distiller, self.work.synth_dir(t, options['source']), root, options)
             sset = SyntheticSet(root, load_manifest(root)['settings'])
         else:
-            synthesizer = build_synthesizer(options, distiller)
-            sset = open_synthetic_set(root, synthesizer, options, distiller.teacher_checkpoint)
-            stop = lambda: self.deadline is not None and time.time() > self.deadline  # noqa: E731
-            if not prepare_synthetic_set(synthesizer, sset, should_stop=stop):
+            maker = SyntheticSetMaker.from_config(options, distiller, root=root)
+            sset = maker.synthetic_set
+            if not maker.make(should_stop=lambda: self.deadline is not None and time.time() > self.deadline):
                 return None
         seconds = sum(b.get('seconds') or 0 for b in sset.finished_batches().values())
         steps = options.get('steps', 0) if options.get('method') != 'noise' else 0
