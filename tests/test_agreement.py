@@ -11,7 +11,7 @@ import torch
 from mmengine.evaluator import Evaluator
 
 import mimiq_mm  # noqa: F401  (registers the metrics)
-from mimiq_mm.benchmark.table.stages import UnitRunner
+from benchmarks.table.stages import UnitRunner
 
 CLASSES = ('background', 'a', 'b')
 
@@ -131,7 +131,7 @@ def test_label_maps_tool_draws_and_counts_agreement(tmp_path, reference, teacher
 
 
 def test_report_checks_fidelity_against_a_teacher_at_100_and_skips_metrics_the_task_lacks():
-    from mimiq_mm.benchmark.table.report import run_checks, summarise
+    from benchmarks.table.report import run_checks, summarise
     metrics = [dict(key='coco/bbox_mAP', scale=100.0), dict(key='mIoU'), dict(key='teacher/mIoU', fp=100.0)]
     results = [dict(teacher='seg', row=row, bits='w4a4', seed=0, metrics={'mIoU': miou, 'teacher/mIoU': fidelity})
                for row, miou, fidelity in (('noise', 54.0, 87.0), ('mimiq', 57.0, 88.0), ('real', 53.0, 99.5))]
@@ -162,7 +162,7 @@ def test_teacher_predictions_are_named_after_the_checkpoint(tmp_path):
 
 
 def test_report_leaves_out_checks_of_rows_it_does_not_show():
-    from mimiq_mm.benchmark.table.report import checks_on_rows
+    from benchmarks.table.report import checks_on_rows
     checks = [dict(type='gap', row='mimiq', ref='fp', at_most=1),
               dict(type='gap', row='mimiq_auto', ref='real_ft', at_most=5),
               dict(type='margin', row='mimiq_auto', over='base', at_least=0),
@@ -175,7 +175,7 @@ def test_report_leaves_out_checks_of_rows_it_does_not_show():
 def test_dense_recipe_default_table_and_checks_name_known_rows_and_metrics():
     """configs/dense_bench/benchmark.py: the scale's default rows and teachers exist, and every check
     speaks of known rows and metrics (a typo would leave a check silently n/a)."""
-    from mimiq_mm.benchmark.table.recipe import Recipe
+    from benchmarks.table.recipe import Recipe
     recipe = Recipe(osp.join(osp.dirname(__file__), '..', 'configs', 'dense_bench', 'benchmark.py'), 'cpu-2core', {})
     scale = recipe.scale
     assert set(scale['rows']) <= set(recipe.rows) and set(scale['teachers']) <= set(scale['teacher_configs'])

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from mimiq_mm.benchmark.table.lanes import UnitClaims, file_lock, lane_argv, lane_resources, parse_lane
-from mimiq_mm.benchmark.table.plan import Unit
+from benchmarks.table.lanes import UnitClaims, file_lock, lane_argv, lane_resources, parse_lane
+from benchmarks.table.plan import Unit
 
 
 def test_one_lane_gets_a_unit_and_the_other_waits_until_it_ends(tmp_path):
@@ -100,7 +100,7 @@ def test_locked_updates_of_one_file_lose_nothing(tmp_path):
 
 def stub_lane(tmp_path, owner, plan, done=(), stages=('synth', 'quant', 'eval')):
     """A Benchmark reduced to what a lane's scheduling reads: plan, stages, claims, unit status."""
-    from mimiq_mm.benchmark.table.driver import Benchmark
+    from benchmarks.table.driver import Benchmark
     bench = Benchmark.__new__(Benchmark)
     bench.plan, bench.stages, bench.only = plan, list(stages), []
     bench.evals = {u.key: u for u in plan if u.kind == 'eval'}

@@ -1,4 +1,4 @@
-"""The benchmark table driver (mimiq_mm.benchmark.table, tools/benchmark/cifar10_table.py) end to
+"""The benchmark table driver (benchmarks.table, python -m benchmarks.cifar10_table) end to
 end on a tiny generated ImageFolder (no CIFAR data): teacher training on the train split,
 synthetic sets, Gaussian-noise PTQ and MimiQ at W3/A3, test top-1 equal to what the saved student
 computes, the report, skipping finished units, evaluation from a saved student, the time budget,
@@ -19,10 +19,10 @@ from PIL import Image
 pytest.importorskip('mmpretrain')
 pytestmark = pytest.mark.slow
 
-from mimiq_mm.benchmark.table import Recipe, main  # noqa: E402
+from benchmarks.table import Recipe, main  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DRIVER = osp.join(ROOT, 'tools', 'benchmark', 'cifar10_table.py')
+DRIVER = ['-m', 'benchmarks.cifar10_table']
 RECIPE = osp.join(ROOT, 'configs', 'cifar10', 'benchmark.py')
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 50)]  # one per class
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 3
@@ -81,9 +81,9 @@ def test_first_run_writes_every_requested_row(bench):
     assert sorted(r['row'] for r in data['results']) == sorted(ROWS)
     for rec in data['results']:
         assert rec['bits'] == 'w3a3' and rec['seed'] == 0 and rec['test_images'] == 4 * TEST_PER_CLASS
-        assert 'cifar10_table.py' in rec['command']
+        assert 'benchmarks.cifar10_table' in rec['command']
     assert set(data['synthetic_sets']) == {'vit/synth/noise', 'vit/synth/mimiq'}
-    assert data['invocations'][0]['command'].startswith('python tools/benchmark/cifar10_table.py')
+    assert data['invocations'][0]['command'].startswith('python -m benchmarks.cifar10_table')
     assert any(k.startswith('quant/vit/mimiq') for k in data['timings'])
     checks = {c['check']: c for c in data['checks'] if c['bits'] == 'w3a3'}
     mimiq, noise = (data['summary']['vit'][r]['w3a3']['accuracy/top1']['mean'] for r in ('mimiq', 'noise_ptq'))
@@ -198,8 +198,8 @@ def test_teacher_time_guard_cuts_loudly(bench, tmp_path, capsys):
     assert not glob.glob(osp.join(work, 'vit', 'teacher', 'epoch_*.pth'))  # resume checkpoints removed
 
 
-def test_the_tool_runs_as_a_script(bench):
-    proc = subprocess.run([sys.executable, DRIVER, '--work-dir', bench['work'], *SMOKE, '--dry-run'], cwd=ROOT,
+def test_the_tool_runs_as_a_module(bench):
+    proc = subprocess.run([sys.executable, *DRIVER, '--work-dir', bench['work'], *SMOKE, '--dry-run'], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r'^done\s+quant vit/mimiq/w3a3/s0', proc.stdout, re.M)
@@ -281,7 +281,7 @@ def test_interrupting_the_driver_stops_its_lanes(bench, tmp_path):
     import signal
     import time
     work = str(tmp_path / 'interrupted')
-    cmd = [sys.executable, DRIVER, '--data-root', bench['data'], '--work-dir', work, '--scale', 'smoke', '--teachers',
+    cmd = [sys.executable, *DRIVER, '--data-root', bench['data'], '--work-dir', work, '--scale', 'smoke', '--teachers',
            'vit', '--rows', 'base', '--bits', 'w3a3', '--seeds', '0', '--synth-images', '16', '--synth-batch', '4',
            '--synth-steps', '400', '--jobs', '2']
     driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

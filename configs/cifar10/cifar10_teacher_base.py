@@ -2,7 +2,7 @@
 # images (/work/shared/datasets/cifar10-jpeg.tar.gz extracted: <data_root>/train/<class>/*.jpg,
 # <data_root>/test/<class>/*.jpg). The teacher sees the train split only; the test split is used
 # for the final top-1 alone (no validation during training, no model selection on it).
-# tools/benchmark/cifar10_table.py sets data_root, the class count, epochs, batch size and learning
+# benchmarks.cifar10_table sets data_root, the class count, epochs, batch size and learning
 # rate from its --scale preset; to train by hand:
 #   python tools/train.py configs/cifar10/vit-mini_p2_cifar10.py --amp \
 #       --cfg-options train_dataloader.dataset.data_root=/tmp/cifar10 test_dataloader.dataset.data_root=/tmp/cifar10

@@ -1,6 +1,6 @@
 # MimiQ (IHC synthesis + KL + HAD) at W3/A3 on the CIFAR-10 ViT teacher, with the `gpu-30min`
 # recipe of configs/cifar10/benchmark.py, for use by hand. The benchmark driver
-# (tools/benchmark/cifar10_table.py) builds the same config for each of its units and saves the
+# (benchmarks.cifar10_table) builds the same config for each of its units and saves the
 # exact one it ran as <unit>/config.py. Usage:
 #   python tools/train.py configs/cifar10/mimiq_vit-mini_w3a3.py --cfg-options \
 #       model.teacher_checkpoint=TEACHER.pth test_dataloader.dataset.data_root=/tmp/cifar10

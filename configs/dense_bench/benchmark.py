@@ -1,7 +1,7 @@
-# The recipe of tools/benchmark/dense_table.py (issue 15): the paper's Table 2 in miniature on
+# The recipe of benchmarks.dense_table: the paper's Table 2 in miniature on
 # trained Mask R-CNN (Swin) and UPerNet (Swin, DeiT) teachers, digits on CIFAR-10 photos
-# (tools/benchmark/make_dense_data.py; benchmarks/dense/README.md). Read by the same driver as
-# the CIFAR-10 classification table (mimiq_mm.benchmark.table); every unit's config is its
+# (benchmarks.make_dense_data; benchmarks/dense/README.md). Read by the same driver as
+# the CIFAR-10 classification table (benchmarks.table); every unit's config is its
 # teacher config wrapped by ../_base_/mimiq_dfq.py plus the overrides of this file.
 benchmark = 'dense-digits'
 image_size = (128, 128)  # synthesis size: the teachers' training size

@@ -1,5 +1,5 @@
 # The two-class UPerNet-Swin teacher of the dense benchmark: background vs digit (all ten digits one
-# class; label maps in annotations/<split>_foreground/, written by tools/benchmark/make_dense_data.py).
+# class; label maps in annotations/<split>_foreground/, written by benchmarks.make_dense_data).
 # With the ten digit classes the segmentor finds the digits (on test images: P(background) 0.20 on
 # digit pixels vs 0.75 on background after 800 iterations, 97 % of digit pixels below 0.5) but not
 # which digit they are (pixel identity 15 %, chance 10 %), so argmax stays background and mIoU is

@@ -16,7 +16,7 @@ for VNNI runs on a CPU that would saturate.
 """
 import warnings
 
-from ..benchmark.timing import cpu_features
+from ..utils.environment import cpu_features
 from .qdq import DeployError
 
 #: how each target stores 8-bit weight codes

@@ -219,7 +219,7 @@ class ImageSynthesizer:
 class SynthesisBatch:
     """The optimisation state of one batch: images, Adam, the learning-rate schedule, the random
     generators of the augmentation. :meth:`step` is one step of the real loop (what
-    ``tools/benchmark_synthesis.py`` times); it does not wait for the device.
+    ``benchmarks.step_times`` times); it does not wait for the device.
     """
 
     def __init__(self, synthesizer: ImageSynthesizer, targets, seed):

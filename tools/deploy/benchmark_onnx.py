@@ -30,10 +30,8 @@ import copy
 import json
 import os
 import os.path as osp
-import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
@@ -116,24 +114,13 @@ def ort_static_quantize(fp32_path, path, size):
     os.remove(prepared)
 
 
-def time_candidates(calls, rounds, warmup):
-    """Median process CPU time (ms) of each callable, called in alternation."""
-    times = {name: [] for name in calls}
-    for r in range(warmup + rounds):
-        for name, fn in calls.items():
-            t0 = time.process_time()
-            fn()
-            if r >= warmup:
-                times[name].append((time.process_time() - t0) * 1e3)
-    return {name: dict(ms_median=statistics.median(t), ms_min=min(t), times_ms=t) for name, t in times.items()}
-
-
 def main(argv=None):
     args = parse_args(argv)
     import torch
     from mimiq_mm.deploy import WEIGHT_STORAGE, ExportWrapper, export_onnx, require_deploy_packages
     from mimiq_mm.deploy.parity import compare_outputs
     from mimiq_mm.deploy.runtime import integer_ops, openvino_model, optimized_op_counts, ort_session, run
+    from mimiq_mm.utils.timing import time_calls
     require_deploy_packages()
     torch.set_num_threads(1)
     size = tuple(args.input_size)
@@ -184,7 +171,7 @@ def main(argv=None):
         calls = dict(torch_fp32=torch_call(fp_wrapper), torch_fakequant=torch_call(q_wrapper))
         calls.update({key: (lambda s=s: run(s, array)) for key, s in sessions.items()})
         calls.update({key: (lambda m=m: m(array)) for key, m in openvino.items()})
-        result['timings'][f'batch_{batch}'] = time_candidates(calls, args.rounds, args.warmup)
+        result['timings'][f'batch_{batch}'] = time_calls(calls, 'cpu', args.warmup, args.rounds, timer='process')
     result['environment'] = benchmark_environment(sys.argv[1:] if argv is None else argv)
     print(format_table(result))
     out = args.out or osp.join('benchmarks', 'results', f'onnx_{tag}.json')
@@ -197,7 +184,7 @@ def main(argv=None):
 def benchmark_environment(argv):
     """What the timings depend on, without paths of this machine: CPU model and features,
     threads, library versions, the git commit."""
-    from mimiq_mm.benchmark.timing import cpu_features, environment
+    from mimiq_mm.utils.environment import cpu_features, environment
     command = ['python', 'tools/deploy/benchmark_onnx.py'] + [osp.basename(a) if osp.isabs(a) else a for a in argv]
     env = environment('cpu', command)
     try:

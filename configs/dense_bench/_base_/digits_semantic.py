@@ -1,4 +1,4 @@
-# Digits on CIFAR-10 (tools/benchmark/make_dense_data.py; benchmarks/dense/README.md) for mmseg's
+# Digits on CIFAR-10 (benchmarks.make_dense_data; benchmarks/dense/README.md) for mmseg's
 # ADE20K-style configs: the base pipelines with their sizes shrunk to the 128x128 images, as
 # `digits_*` variables (mmengine forbids a key in two bases; a teacher config takes them over
 # explicitly). Label PNGs follow ADE20K (0 = ignored, reduce_zero_label=True): 11 classes after

@@ -13,12 +13,12 @@ import time
 import torch
 from mmengine.config import Config
 
-from ...apis import init_model
-from ...datasets import SyntheticImageDataset
-from ...evaluation.fidelity import SUFFIX as FIDELITY_SUFFIX
-from ...evaluation.fidelity import fidelity_metric, metric_list, reference_format, reference_writer
-from ...synthesis import SyntheticSet, SyntheticSetMaker, file_sha256, load_manifest
-from ...utils.wrappers import unwrap_model
+from mimiq_mm.apis import init_model
+from mimiq_mm.datasets import SyntheticImageDataset
+from mimiq_mm.evaluation.fidelity import SUFFIX as FIDELITY_SUFFIX
+from mimiq_mm.evaluation.fidelity import fidelity_metric, metric_list, reference_format, reference_writer
+from mimiq_mm.synthesis import SyntheticSet, SyntheticSetMaker, file_sha256, load_manifest
+from mimiq_mm.utils.wrappers import unwrap_model
 from .hooks import DeadlineHook, TrainingTimeGuardHook
 from .recipe import load_teacher_config, parse_bits, quantization_config
 from .selection import head_similarity_summary, select_synthetic_set

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One command of the CIFAR-10 benchmark on the lent GPU machine (see benchmarks/cifar10/README.md).
 # From the repository root there, with .device/ carried (wheels, dataset tarball, state):
-#   BUDGET=540 bash tools/benchmark/device_run.sh [arguments of tools/benchmark/cifar10_table.py]
+#   BUDGET=540 bash benchmarks/device_run.sh [arguments of python -m benchmarks.cifar10_table]
 # It installs the OpenMMLab wheels into /tmp/site, unpacks CIFAR-10 to /tmp/cifar10, restores the
 # benchmark state carried in .device/state (bench-state.tar.gz.part*), runs the driver with a time
 # budget of BUDGET seconds for the whole command (default 540, for a 600 s limit) and packs the
 # state and the results into $OUT (at most 8 files of <= 15 MiB: state parts, results.md/json, log).
 set -uo pipefail
-cd "$(dirname "$0")/../.." || exit 1
+cd "$(dirname "$0")/.." || exit 1
 T0=$(date +%s)
 BUDGET=${BUDGET:-540}
 OUT=${OUT:-/tmp/bench-out}
@@ -20,7 +20,7 @@ RESTORE=()
 if ls .device/state/bench-state.tar.gz.part* >/dev/null 2>&1; then RESTORE=(--restore .device/state); fi
 LEFT=$(( BUDGET - ($(date +%s) - T0) ))
 echo "[device_run] set-up took $(( $(date +%s) - T0 )) s; driver time budget ${LEFT} s"
-python3 tools/benchmark/cifar10_table.py --data-root /tmp/cifar10 --time-budget "$LEFT" --pack "$OUT" \
+python3 -m benchmarks.cifar10_table --data-root /tmp/cifar10 --time-budget "$LEFT" --pack "$OUT" \
     "${RESTORE[@]}" "$@" 2>&1 | tee /tmp/driver-output.log
 RC=${PIPESTATUS[0]}
 tail -c 8000000 /tmp/driver-output.log | gzip > "$OUT/driver-output.log.gz"

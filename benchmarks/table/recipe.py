@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from mmengine.config import Config
 
-from ...utils.paths import repo_path
+from ..paths import repo_path
 
 DFQ_BASE = 'configs/_base_/mimiq_dfq.py'
 

@@ -1,7 +1,7 @@
-"""Paths of the repository's own files (configs, tools) when the package runs from a checkout."""
+"""Paths of the repository's own files (configs, recipes) for the benchmarks, which run from a checkout."""
 import os.path as osp
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def repo_path(path: str) -> str:

@@ -4,12 +4,12 @@ import contextlib
 
 import torch
 
-from ..attention import AttentionRecord, AttentionRecorder
-from ..losses import HeadAttentionDistillLoss, InterHeadCoherencyLoss
-from ..losses.ihc_cpu import kernel_applies, load_kernel
-from ..utils.tables import console_table
+from mimiq_mm.attention import AttentionRecord, AttentionRecorder
+from mimiq_mm.losses import HeadAttentionDistillLoss, InterHeadCoherencyLoss
+from mimiq_mm.losses.ihc_cpu import kernel_applies, load_kernel
+from mimiq_mm.utils.tables import console_table
+from mimiq_mm.utils.timing import time_calls
 from .steps import PRECISIONS
-from .timing import time_interleaved
 
 
 def _teacher_records(setup, batch, precision, device):
@@ -65,7 +65,7 @@ def time_losses(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10
                 loss.backward()
                 return loss
             calls[impl] = step
-        entry.update(time_interleaved(calls, device, warmup=warmup, iters=iters, timer=timer))
+        entry.update(time_calls(calls, device, warmup=warmup, iters=iters, timer=timer))
         for impl, step in calls.items():
             values[impl] = float(step().item())
             grads[impl] = [x.grad.detach().float().clone() for x in leaves]

@@ -1,7 +1,6 @@
-"""tools/benchmark_synthesis.py and the fast L_HAD path it measures (CPU, small)."""
+"""python -m benchmarks.step_times, the timing helper, and the fast L_HAD path it measures (CPU, small)."""
 import json
 import os.path as osp
-import sys
 
 import pytest
 import torch
@@ -23,12 +22,8 @@ def restore_threads():
 
 
 def _tool():
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        import benchmark_synthesis
-    finally:
-        sys.path.pop(0)
-    return benchmark_synthesis
+    from benchmarks import step_times
+    return step_times
 
 
 @pytest.mark.slow
@@ -54,7 +49,7 @@ def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, ca
     assert all(r > 0 for r in data['ratios'].values())
     env = data['environment']
     assert env['torch'] == torch.__version__ and env['timm'] == timm.__version__
-    assert 'benchmark_synthesis.py' in env['command'] and '--batch 2' in env['command']
+    assert 'benchmarks.step_times' in env['command'] and '--batch 2' in env['command']
     assert (data['batch'], data['precision'], data['device']) == (2, 'fp32', 'cpu')
 
 
@@ -77,19 +72,27 @@ def test_tool_ihc_kernel_option_picks_the_l_ihc_path(kernel, tmp_path, restore_t
 
 
 def test_tool_default_output_name(tmp_path):
-    from mimiq_mm.benchmark import default_out_path
+    from benchmarks.speed import default_out_path
     path = default_out_path(dict(model='deit_small_patch16_224', device='cuda', precision='bf16', batch=128))
     assert path == osp.join('benchmarks', 'results', 'synthesis_deit_small_patch16_224_cuda_bf16_b128.json')
 
 
 @pytest.mark.parametrize('timer', ['process', 'wall'])
-def test_time_step_counts_calls(timer):
-    from mimiq_mm.benchmark import time_step
+def test_time_calls_counts_calls(timer):
+    from mimiq_mm.utils.timing import time_calls
     calls = []
-    timing = time_step(lambda: calls.append(1), 'cpu', warmup=2, iters=3, timer=timer)
+    timing = time_calls({'step': lambda: calls.append(1)}, 'cpu', warmup=2, iters=3, timer=timer, memory=True)['step']
     assert len(calls) == 5 and len(timing['times_ms']) == 3 and timing['timer'] == timer
     assert timing['ms_min'] == min(timing['times_ms']) and timing['ms_median'] == sorted(timing['times_ms'])[1]
-    assert len(timing['wall_times_ms']) == 3
+    assert len(timing['wall_times_ms']) == 3 and timing['peak_memory_bytes'] is None  # CPU
+
+
+def test_time_calls_alternates_the_calls():
+    from mimiq_mm.utils.timing import time_calls
+    order = []
+    timings = time_calls({'a': lambda: order.append('a'), 'b': lambda: order.append('b')}, 'cpu', warmup=1, iters=2)
+    assert order == ['a', 'b'] * 3 and set(timings) == {'a', 'b'}
+    assert all(len(t['times_ms']) == 2 and t['timer'] == 'wall' for t in timings.values())
 
 
 # ---------------------------------------------------------------------------------------------

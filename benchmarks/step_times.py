@@ -3,27 +3,24 @@
 Prints ms/step, image-steps/s, step-time ratios (IHC and PSAQ against the plain synthesis step,
 KD+HAD against the plain KD step) and peak GPU memory, and writes everything as JSON.
 
-Examples:
-    # DeiT-S, batch 128, bf16 on one GPU (issue 6 targets)
-    python tools/benchmark_synthesis.py --timm-model deit_small_patch16_224 --batch 128 --precision bf16 \
+Examples (from the repository root):
+    # DeiT-S, batch 128, bf16 on one GPU
+    python -m benchmarks.step_times --timm-model deit_small_patch16_224 --batch 128 --precision bf16 \
         --device cuda
     # from a mimiq_mm config (its QuantDistiller and train_cfg.synthesis options)
-    python tools/benchmark_synthesis.py configs/deit/deit-s_mimiq_w4a4.py --batch 128 --device cuda
+    python -m benchmarks.step_times configs/deit/deit-s_mimiq_w4a4.py --batch 128 --device cuda
     # a tiny CPU run
-    python tools/benchmark_synthesis.py --timm-model deit_tiny_patch16_224 --img-size 64 --batch 8 \
+    python -m benchmarks.step_times --timm-model deit_tiny_patch16_224 --img-size 64 --batch 8 \
         --device cpu --warmup 1 --iters 3
 """
 import argparse
 import json
-import os.path as osp
 import sys
-
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
     from mmengine.config import DictAction
-    from mimiq_mm.benchmark import STEP_KINDS
+    from .speed import STEP_KINDS
     p = argparse.ArgumentParser(description='Benchmark MimiQ synthesis and QAT steps')
     p.add_argument('config', nargs='?', help='a mimiq_mm config (alternative to --timm-model)')
     p.add_argument('--timm-model', help='timm model name, e.g. deit_small_patch16_224')
@@ -67,8 +64,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     import torch
-    from mimiq_mm.benchmark import (default_out_path, format_table, run_benchmark, setup_from_config,
-                                    setup_from_timm, write_result)
+    from .speed import default_out_path, format_table, run_benchmark, setup_from_config, setup_from_timm, write_result
     args = parse_args(argv)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
@@ -85,7 +81,7 @@ def main(argv=None):
     else:
         setup = setup_from_config(args.config, args.cfg_options, img_size=args.img_size, w_bits=args.w_bits,
                                   a_bits=args.a_bits)
-    command = ['python', 'tools/benchmark_synthesis.py'] + list(sys.argv[1:] if argv is None else argv)
+    command = ['python', '-m', 'benchmarks.step_times'] + list(sys.argv[1:] if argv is None else argv)
     print(f'benchmarking {setup.name} on {device}, batch {args.batch}, {args.precision}, '
           f'{args.warmup} warm-up + {args.iters} timed steps each')
     result = run_benchmark(setup, args.batch, precision=args.precision, device=device, warmup=args.warmup,
@@ -94,7 +90,7 @@ def main(argv=None):
                            interleave=args.interleave, argv=command)
     result['tf32'] = bool(args.tf32) if device.startswith('cuda') else None
     if args.losses:
-        from mimiq_mm.benchmark.losses import format_losses, time_losses
+        from .speed.losses import format_losses, time_losses
         result['losses'] = time_losses(setup, args.batch, precision=args.precision, device=device,
                                        warmup=args.warmup, iters=args.iters, timer=args.cpu_timer,
                                        ihc_kernel=args.ihc_kernel or 'auto')

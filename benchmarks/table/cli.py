@@ -1,4 +1,4 @@
-"""The command line of the benchmark tables (tools/benchmark/cifar10_table.py and siblings)."""
+"""The command line of the benchmark tables (``python -m benchmarks.cifar10_table`` and siblings)."""
 import argparse
 import os
 import os.path as osp
@@ -8,7 +8,7 @@ import time
 
 from mmengine.config import DictAction
 
-from ...utils.paths import REPO_ROOT, repo_path
+from ..paths import REPO_ROOT, repo_path
 from .driver import Benchmark, main_guard
 from .lanes import UnitClaims, parse_lane, run_lanes
 from .plan import STAGES, selected
@@ -123,7 +123,7 @@ def build(args, argv, tool):
                      stages=args.stages or STAGES, only=args.only, data_root=args.data_root, image_size=size,
                      time_budget=args.time_budget, reserve=args.reserve,
                      workers=args.workers if args.workers is not None else int(recipe.scale.get('workers', 0)),
-                     command=['python', tool] + list(argv), lane=parse_lane(args.lane) if args.lane else None)
+                     command=['python', '-m', tool] + list(argv), lane=parse_lane(args.lane) if args.lane else None)
 
 
 def run(bench, args, argv=(), tool=None):
@@ -176,7 +176,7 @@ def run_in_lanes(bench, args, argv, tool):
     if seconds_left is not None and seconds_left <= 0:
         return 0
     try:
-        codes = run_lanes(osp.abspath(repo_path(tool)), argv, bench.work.root, args.jobs, stages, seconds_left,
+        codes = run_lanes(tool, argv, bench.work.root, args.jobs, stages, seconds_left,
                           log=bench.log)
     finally:
         claims.clear()
@@ -184,7 +184,7 @@ def run_in_lanes(bench, args, argv, tool):
     return 1 if any(codes) else 0
 
 
-def main(argv=None, default_recipe='configs/cifar10/benchmark.py', tool='tools/benchmark/cifar10_table.py',
+def main(argv=None, default_recipe='configs/cifar10/benchmark.py', tool='benchmarks.cifar10_table',
          description=__doc__):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, repo_path(default_recipe), description)

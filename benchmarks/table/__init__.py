@@ -2,8 +2,8 @@
 (train a teacher, synthesise, quantize, evaluate), state on disk, report, parallel lanes
 (``--jobs N``).
 
-Used by ``tools/benchmark/cifar10_table.py``; any other benchmark is a recipe file and a small
-tool calling :func:`main` with it.
+Used by ``benchmarks.cifar10_table`` and ``benchmarks.dense_table``; any other benchmark is a recipe
+file and a small module calling :func:`main` with it.
 """
 from .cli import main
 from .driver import Benchmark

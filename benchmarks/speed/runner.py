@@ -18,13 +18,14 @@ import os.path as osp
 import torch
 from mmengine.utils import to_2tuple
 
-from .. import synthesis
-from ..utils.tables import console_table
-from ..apis import init_model, load_config
-from ..losses.ihc_cpu import kernel_state
+from mimiq_mm import synthesis
+from mimiq_mm.apis import init_model, load_config
+from mimiq_mm.losses.ihc_cpu import kernel_state
+from mimiq_mm.utils.environment import environment
+from mimiq_mm.utils.tables import console_table
+from mimiq_mm.utils.timing import time_calls
 
 from .steps import AMP_NAMES, DistillStep, SynthesisStep
-from .timing import environment, time_interleaved, time_step
 
 STEP_KINDS = ('plain', 'ihc', 'psaq', 'kd', 'kd_had')
 SYNTHESIS_METHODS = {'plain': 'base', 'ihc': 'mimiq', 'psaq': 'psaq'}
@@ -109,7 +110,7 @@ def build_synthesizer(setup, method, precision, ihc=None):
 
 
 def make_step(setup, kind, batch, precision, ihc=None, seed=0):
-    from ..losses import HeadAttentionDistillLoss
+    from mimiq_mm.losses import HeadAttentionDistillLoss
     if kind in SYNTHESIS_METHODS:
         synthesizer = build_synthesizer(setup, SYNTHESIS_METHODS[kind], precision, ihc)
         return SynthesisStep(synthesizer, batch, setup.num_classes, seed=seed)
@@ -152,13 +153,14 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
 
     if interleave:
         calls = {kind: make_step(setup, kind, batch, precision, ihc=ihc) for kind in kinds}
-        for kind, timing in time_interleaved(calls, device, warmup=warmup, iters=iters, timer=timer).items():
+        for kind, timing in time_calls(calls, device, warmup=warmup, iters=iters, timer=timer).items():
             finish(kind, calls[kind], timing)
         del calls
     else:
         for kind in kinds:
             step = make_step(setup, kind, batch, precision, ihc=ihc)
-            finish(kind, step, time_step(step, device, warmup=warmup, iters=iters, timer=timer))
+            finish(kind, step, time_calls({kind: step}, device, warmup=warmup, iters=iters, timer=timer,
+                                          memory=True)[kind])
             del step
             gc.collect()
     d.had_loss = None

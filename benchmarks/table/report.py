@@ -2,7 +2,7 @@
 a markdown table per teacher and metric, and all of it as JSON."""
 import statistics
 
-from ...utils.tables import markdown_table
+from mimiq_mm.utils.tables import markdown_table
 from .recipe import bits_label
 
 

@@ -3,9 +3,9 @@ experiment): rank the images of a set by how coherent the teacher's heads are on
 the most coherent, the least coherent or a random part."""
 import torch
 
-from ...analysis.attention_stats import image_head_similarity
-from ...datasets import SyntheticImageDataset
-from ...synthesis import SyntheticSet, load_manifest
+from mimiq_mm.analysis.attention_stats import image_head_similarity
+from mimiq_mm.datasets import SyntheticImageDataset
+from mimiq_mm.synthesis import SyntheticSet, load_manifest
 
 ORDERS = ('top', 'bottom', 'random')
 

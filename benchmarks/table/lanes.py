@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from ..paths import REPO_ROOT
+
 # flags the lanes must not inherit: the driver restores, packs, copies and reports once
 _DRIVER_ONLY = ('--jobs', '--stages', '--stage', '--time-budget', '--reserve', '--restore', '--pack',
                 '--pack-synthetic', '--out', '--dry-run', '--lane')
@@ -146,8 +148,9 @@ def _gpu_count():
 
 
 def run_lanes(tool, argv, work_root, jobs, stages, seconds_left=None, log=print, poll=2.0):
-    """Start ``jobs`` lanes of ``tool`` and wait for them, printing their driver-log lines;
-    ``log`` says how each lane was started.
+    """Start ``jobs`` lanes of ``tool`` (a module of the repository, e.g. ``benchmarks.cifar10_table``,
+    run from the repository root) and wait for them, printing their driver-log lines; ``log``
+    says how each lane was started.
 
     Returns:
         list[int]: the lanes' exit codes.
@@ -158,15 +161,15 @@ def run_lanes(tool, argv, work_root, jobs, stages, seconds_left=None, log=print,
     offset = osp.getsize(driver_log) if osp.isfile(driver_log) else 0
     procs = []
     for k, (env, cores) in enumerate(lane_resources(jobs)):
-        cmd = [sys.executable, tool] + lane_argv(argv, k, jobs, stages, seconds_left)
+        cmd = [sys.executable, '-m', tool] + lane_argv(argv, k, jobs, stages, seconds_left)
         out = open(osp.join(log_dir, f'lane{k}.log'), 'a')
         pin = (lambda c=cores: os.sched_setaffinity(0, c)) if cores and hasattr(os, 'sched_setaffinity') else None
         log(f'lane {k}/{jobs}: {env["OMP_NUM_THREADS"]} thread(s)'
              + (f' on core(s) {",".join(map(str, cores))}' if cores else '')
              + (f', GPU {env["CUDA_VISIBLE_DEVICES"]}' if 'CUDA_VISIBLE_DEVICES' in env else '')
              + f'; its output in {out.name}')
-        procs.append((subprocess.Popen(cmd, env=dict(os.environ, **env), stdout=out, stderr=subprocess.STDOUT,
-                                       preexec_fn=pin), out))
+        procs.append((subprocess.Popen(cmd, cwd=REPO_ROOT, env=dict(os.environ, **env), stdout=out,
+                                       stderr=subprocess.STDOUT, preexec_fn=pin), out))
     try:
         while any(p.poll() is None for p, _ in procs):
             offset = _echo_new_lines(driver_log, offset)
