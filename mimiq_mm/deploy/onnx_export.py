@@ -59,7 +59,7 @@ class ExportWrapper(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        from ..models.tasks import build_task
+        from ..tasks import build_task
         self.model = model
         self.task = build_task(model).name
 
