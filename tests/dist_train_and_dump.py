@@ -8,12 +8,9 @@ import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-
-import mimiq_mm  # noqa: E402,F401
-from mimiq_mm.quant import quantizers  # noqa: E402
+import mimiq_mm  # noqa: F401
+from mimiq_mm.apis.runner import prepare_distributed_without_cuda  # what tools/train.py does: gloo + CPU DDP
+from mimiq_mm.quant import quantizers
 
 
 def main():
@@ -24,7 +21,6 @@ def main():
     cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in (o.split('=', 1) for o in options)})
     cfg.work_dir = work_dir
     cfg.launcher = 'pytorch'
-    from train import prepare_distributed_without_cuda  # tools/train.py: gloo + CPU DDP
     prepare_distributed_without_cuda(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()

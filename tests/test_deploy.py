@@ -24,6 +24,8 @@ from mimiq_mm.deploy.runtime import integer_ops, optimized_op_counts, ort_sessio
 from mimiq_mm.quant import (LSQActQuantizer, QuantConv2d, QuantLinear, calibration, quantize_model,  # noqa: E402
                             quantizers, set_quantization)
 
+from tool_loader import load_tool  # noqa: E402
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 INTEGER_MATMULS = ('MatMulIntegerToFloat', 'QLinearMatMul', 'QGemm', 'MatMulInteger')
 
@@ -206,11 +208,7 @@ def test_auto_target_follows_the_cpu_doing_the_export(tmp_path, monkeypatch, cpu
 
 
 def test_the_former_flag_is_an_alias_of_the_vnni_target():
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'deploy'))
-    try:
-        import export_onnx as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_tool('deploy/export_onnx')
     assert tool.parse_args(['c.py', 'c.pth', '--out', 'x.onnx']).target == 'auto'
     assert tool.parse_args(['c.py', 'c.pth', '--out', 'x.onnx', '--signed-int8-weights']).target == 'x86-vnni'
     with pytest.raises(SystemExit):
@@ -239,11 +237,7 @@ def test_a_file_for_vnni_warns_once_on_a_cpu_without_vnni(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_benchmark_tool_times_every_candidate_and_checks_both_weight_formats(tmp_path):
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'deploy'))
-    try:
-        import benchmark_onnx
-    finally:
-        sys.path.pop(0)
+    benchmark_onnx = load_tool('deploy/benchmark_onnx')
     out = tmp_path / 'bench.json'
     benchmark_onnx.main(['--timm-model', 'vit_tiny_patch16_224', '--input-size', '32', '32', '--batches', '1',
                          '--rounds', '1', '--warmup', '0', '--work-dir', str(tmp_path / 'files'), '--out', str(out)])
@@ -260,11 +254,7 @@ def test_benchmark_tool_times_every_candidate_and_checks_both_weight_formats(tmp
     assert set(env['cpu']) >= {'model', 'avx2', 'avx512', 'vnni', 'amx', 'bf16'} and env['threads']['onnxruntime'] == 1
     assert env['torch'] and env['onnxruntime'] and 'openvino' in env and env['git'] != ''
     assert str(tmp_path) not in out.read_text()  # no paths of this machine
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'deploy'))
-    try:
-        import speed_table
-    finally:
-        sys.path.pop(0)
+    speed_table = load_tool('deploy/speed_table')
     table = speed_table.main([str(out)])
     assert table.count('\n| ') == len(candidates) and env['cpu']['model'] in table
 
@@ -375,11 +365,7 @@ def test_export_tool_from_config_and_checkpoint_with_folder_check(tmp_path):
         for i in range(3):
             pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
             mmcv.imwrite(pixels, str(tmp_path / 'images' / label / f'{i}.png'))
-    sys.path.insert(0, osp.join(ROOT, 'tools', 'deploy'))
-    try:
-        import export_onnx as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_tool('deploy/export_onnx')
     out = tmp_path / 'tiny.onnx'
     info = tool.main([config, str(checkpoint), '--out', str(out), '--batch', '4', '--check', '1',
                       '--check-data', str(tmp_path / 'images')])

@@ -6,7 +6,6 @@ tolerances did not, and rejects a quantizer that is off by one step, on any batc
 import copy
 import math
 import os.path as osp
-import sys
 
 import numpy as np
 import pytest
@@ -21,11 +20,7 @@ from mimiq_mm.deploy import export_onnx  # noqa: E402
 from mimiq_mm.deploy.parity import check_parity, compare_outputs, jittered_quantizers  # noqa: E402
 from mimiq_mm.quant import ActQuantizer, MinMaxActQuantizer, calibration, quantize_model  # noqa: E402
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-try:
-    from test_deploy import images, student, tiny_vit  # noqa: E402
-finally:
-    sys.path.pop(0)
+from test_deploy import images, student, tiny_vit  # noqa: E402
 
 SIZE, CLASSES = (32, 32), 6
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -281,11 +276,7 @@ def _dense_student(cfg_name, arch):
 def test_upernet_deit_and_swin_whole_model_and_mask_rcnn_backbone_neck(tmp_path):
     pytest.importorskip('mmseg')
     pytest.importorskip('mmdet')
-    sys.path.insert(0, osp.join(ROOT, 'tests'))
-    try:
-        from test_dense import TINY_MASK_RCNN, TINY_UPERNET_DEIT, TINY_UPERNET_SWIN
-    finally:
-        sys.path.pop(0)
+    from test_dense import TINY_MASK_RCNN, TINY_UPERNET_DEIT, TINY_UPERNET_SWIN
     for name, arch in (('upernet_deit-s', TINY_UPERNET_DEIT), ('upernet_swin-t', TINY_UPERNET_SWIN)):
         seg = _dense_student(f'upernet/{name}_mimiq_w4a4.py', arch)
         info = export_onnx(seg, str(tmp_path / f'{name}.onnx'), input_size=(64, 64), batch=2)

@@ -26,14 +26,14 @@ import sys
 import time
 import warnings
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))  # the configs of the demo are the checkout's
 
 with warnings.catch_warnings():  # import-time deprecation notices of the stack: not the demo's business
     warnings.simplefilter('ignore')
-    import mimiq_mm  # noqa: E402,F401  (registers components, safe checkpoint loading)
-    from mmengine.hooks import Hook  # noqa: E402
-    from mimiq_mm.datasets.digits import export_digits  # noqa: E402
+    import mimiq_mm  # noqa: F401  (registers components, safe checkpoint loading)
+    from mmengine.hooks import Hook
+    from mimiq_mm.apis.cli import ConsoleProgress
+    from mimiq_mm.datasets.digits import export_digits
 
 STAGES = (  # key, config, short name, row label of the result table
     ('teacher', 'configs/demo/vit_digits_teacher.py', 'teacher', 'FP teacher'),
@@ -46,60 +46,6 @@ SMOKE_OPTIONS = {
     'ptq_noise': {'train_cfg.synthesis.num_images': 64},
     'mimiq': {'train_cfg.synthesis.num_images': 64, 'train_cfg.synthesis.steps': 2, 'train_cfg.max_iters': 4},
 }
-
-
-class ConsoleProgress:
-    """One line per stage: ``done/total unit``, elapsed time and ETA.
-
-    On a terminal the line is redrawn in place; otherwise (a pipe, a CI log) a line is printed
-    at most every ``interval`` seconds, and when the stage ends.
-    """
-
-    def __init__(self, stream, interval=30.0):
-        self.stream = stream
-        self.interval = interval
-        self.name = None
-
-    def start(self, name, total=None, unit='it'):
-        self.finish()
-        self.name, self.total, self.unit, self.done = name, total, unit, 0
-        self.started = self.shown = time.time()
-        if self.stream.isatty():
-            self._show(final=False)
-
-    def update(self, done, total=None):
-        if self.name is None:
-            return
-        self.done, self.total = done, total or self.total
-        if self.stream.isatty() or (time.time() - self.shown >= self.interval and done != self.total):
-            self._show(final=False)
-
-    def finish(self):
-        if self.name is not None:
-            self._show(final=True)
-            self.name = None
-
-    def _show(self, final):
-        self.shown = time.time()
-        elapsed = self.shown - self.started
-        count = f'{self.done}/{self.total}' if self.total else f'{self.done}'
-        if final:
-            timing = f'done in {_clock(elapsed)}'
-        elif self.done and self.total:
-            timing = f'{_clock(elapsed)} elapsed, eta {_clock(elapsed / self.done * (self.total - self.done))}'
-        else:
-            timing = f'{_clock(elapsed)} elapsed, eta --:--'
-        line = f'  {self.name:<22} {count:>9} {self.unit:<8} {timing}'
-        if self.stream.isatty():
-            self.stream.write('\r\033[K' + line + ('\n' if final else ''))
-        else:
-            self.stream.write(line + '\n')
-        self.stream.flush()
-
-
-def _clock(seconds):
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f'{minutes:02d}:{seconds:02d}'
 
 
 class StageProgressHook(Hook):

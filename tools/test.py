@@ -9,21 +9,16 @@ Usage:
 
 Distributed runs go through tools/dist_test.sh.
 """
-import argparse
-import os
 import os.path as osp
-import sys
 
-# Shares config/runner helpers with the sibling train.py (this directory is sys.path[0] when the
-# script runs; inserted explicitly for other ways of running it).
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import (add_common_arguments, build_runner, exit_with_error, is_remote,  # noqa: E402
-                   load_config, prepare_distributed_without_cuda, release_distributed, require_file,
-                   set_work_dir, user_errors_reported)
+from mimiq_mm.apis.cli import (add_common_arguments, exit_with_error, is_remote, new_parser, parse_common_args,
+                               require_file, user_errors_reported)
+from mimiq_mm.apis.runner import (build_runner, prepare_distributed_without_cuda, read_config, release_distributed,
+                                  set_work_dir)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Test a checkpoint of a mimiq_mm / OpenMMLab config')
+def parse_args(argv=None):
+    parser = new_parser('Test a checkpoint of a mimiq_mm / OpenMMLab config')
     parser.add_argument('config', help='config file path')
     parser.add_argument('checkpoint', help='checkpoint file (local path or URL)')
     parser.add_argument('--out', help='dump the predictions to this .pkl file')
@@ -43,9 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '(teacher/mIoU, teacher/aAcc) or --save-detections (teacher/bbox_mAP, teacher/segm_mAP): '
                         'fidelity to that model')
     add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_common_args(parser, argv)
 
 
 def _enable_visualization(cfg, show_dir: str) -> None:
@@ -142,7 +135,7 @@ def main(argv=None) -> None:
         exit_with_error('--save-label-maps (segmentors) and --save-detections (detectors) exclude each other')
     if args.agreement is not None:
         require_file(args.agreement, 'reference of --agreement (write it with --save-label-maps or --save-detections)')
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = read_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     set_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = args.checkpoint

@@ -1,9 +1,10 @@
-"""Command-line plumbing shared by ``tools/analysis/*.py``: common options, model and image
-loading from parsed arguments, and one-line errors instead of tracebacks for bad inputs."""
-import argparse
-import sys
+"""Command-line plumbing of ``tools/analysis/*.py``: their options, model and image loading from
+parsed arguments, and one-line errors instead of tracebacks for bad inputs (the parser, the
+error handling and the errors of every tool: :mod:`mimiq_mm.apis.cli`)."""
 from typing import List
 
+from ..apis import cli
+from ..apis.cli import new_parser  # noqa: F401  (the analysis tools' parser)
 from ..attention import UnsupportedBackboneError
 from .errors import AnalysisInputError
 from .images import ImageBatch, load_image_folder, load_synthetic_set
@@ -15,15 +16,6 @@ DEFAULT_OUT_DIR = 'work_dirs/analysis'
 USER_ERRORS = (AnalysisInputError, FileNotFoundError, UnsupportedBackboneError)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Keeps the module docstring's layout; shows defaults only where they say something."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, '', [], {}) or '(default' in (action.help or ''):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def split_named_path(text: str, example: str):
     """``'NAME=PATH'`` (a model's predictions on the command line) -> (name, path)."""
     name, sep, path = text.partition('=')
@@ -32,17 +24,11 @@ def split_named_path(text: str, example: str):
     return name, path
 
 
-def new_parser(description) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-
-
 def add_model_arguments(parser, checkpoint_help):
-    from mmengine.config import DictAction
     parser.add_argument('config', nargs='?', help='mimiq_mm config (e.g. configs/demo/mimiq_vit_digits_w3a3.py) '
                         'or an OpenMMLab task config; leave out when using --timm-model')
     parser.add_argument('--checkpoint', help=checkpoint_help)
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='key=value overrides of the config, as in tools/train.py')
+    cli.add_cfg_options(parser)
     parser.add_argument('--timm-model', metavar='NAME', help='analyse a timm model instead of a config '
                         '(random weights unless --checkpoint)')
     parser.add_argument('--timm-kwargs', metavar='JSON', default='',
@@ -110,9 +96,4 @@ def _make_names_unique(sources):
 
 def run_tool(main, argv=None) -> int:
     """Run ``main(argv)``; user-input errors print one line and exit with status 2."""
-    try:
-        main(argv)
-    except USER_ERRORS as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 2
-    return 0
+    return cli.run_tool(main, argv, USER_ERRORS)

@@ -13,20 +13,17 @@ Example:
         --real data/cifar10/test --synthetic work/vit/synthetic/noise work/vit/synthetic/base
 """
 import os
-import os.path as osp
 import statistics
 import sys
 from collections import defaultdict
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
 
-import torch  # noqa: E402
-
-from mimiq_mm.analysis import AnalysisInputError, calibrate_student, save_json  # noqa: E402
-from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,  # noqa: E402
+from mimiq_mm.analysis import AnalysisInputError, calibrate_student, save_json
+from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,
                                    build_model, load_sources, new_parser, run_tool)
-from mimiq_mm.quant import MinMaxActQuantizer, reset_activation_ranges  # noqa: E402
-from mimiq_mm.utils.tables import console_table  # noqa: E402
+from mimiq_mm.quant import MinMaxActQuantizer, reset_activation_ranges
+from mimiq_mm.utils.tables import console_table
 
 
 def parse_args(argv=None):

@@ -13,17 +13,15 @@ Examples:
         --real imagenet/val --synthetic sets/base sets/psaq sets/mimiq --layers 0 5 11 --query 7 7
 """
 import os
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mimiq_mm.analysis import (AnalysisInputError, attention_layer_names, check_layers,  # noqa: E402
+from mimiq_mm.analysis import (AnalysisInputError, attention_layer_names, check_layers,
                                patch_centre_pixel, patch_grid_of, query_head_maps, record_attention,
                                resolve_query, save_json)
-from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,  # noqa: E402
+from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,
                                    build_model, load_sources, new_parser, run_tool)
-from mimiq_mm.analysis.plots import HeadMapRow, plot_head_maps  # noqa: E402
+from mimiq_mm.analysis.plots import HeadMapRow, plot_head_maps
 
 
 def parse_args(argv=None):

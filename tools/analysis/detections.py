@@ -15,14 +15,12 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from mimiq_mm.analysis import AnalysisInputError, save_json  # noqa: E402
-from mimiq_mm.analysis.cli import add_output_arguments, new_parser, run_tool, split_named_path  # noqa: E402
-from mimiq_mm.analysis.detections import box_agreement, boxes_to_draw, load_detections  # noqa: E402
-from mimiq_mm.analysis.plots import plot_detection_agreement  # noqa: E402
+from mimiq_mm.analysis import AnalysisInputError, save_json
+from mimiq_mm.analysis.cli import add_output_arguments, new_parser, run_tool, split_named_path
+from mimiq_mm.analysis.detections import box_agreement, boxes_to_draw, load_detections
+from mimiq_mm.analysis.plots import plot_detection_agreement
 
 
 def parse_args(argv=None):

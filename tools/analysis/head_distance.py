@@ -15,16 +15,14 @@ Examples:
         --synthetic work_dirs/mimiq_vit_digits_w3a3/synthetic_mimiq     # freshly calibrated student
 """
 import os
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mimiq_mm.analysis import calibrate_fresh_student, head_distances, save_json  # noqa: E402
-from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,  # noqa: E402
+from mimiq_mm.analysis import calibrate_fresh_student, head_distances, save_json
+from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,
                                    build_model, load_sources, new_parser, run_tool)
-from mimiq_mm.analysis.plots import plot_layer_distances  # noqa: E402
-from mimiq_mm.losses import HAD_METRICS  # noqa: E402
+from mimiq_mm.analysis.plots import plot_layer_distances
+from mimiq_mm.losses import HAD_METRICS
 
 
 def parse_args(argv=None):

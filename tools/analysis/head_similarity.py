@@ -11,16 +11,14 @@ Example:
         --num-images 256
 """
 import os
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mimiq_mm.analysis import (attention_layer_names, check_layers, format_summary_table,  # noqa: E402
+from mimiq_mm.analysis import (attention_layer_names, check_layers, format_summary_table,
                                image_head_similarity, save_json, summarize)
-from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,  # noqa: E402
+from mimiq_mm.analysis.cli import (add_model_arguments, add_output_arguments, add_source_arguments,
                                    build_model, load_sources, new_parser, run_tool)
-from mimiq_mm.analysis.plots import plot_similarity_histograms  # noqa: E402
+from mimiq_mm.analysis.plots import plot_similarity_histograms
 
 
 def parse_args(argv=None):

@@ -14,11 +14,10 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mimiq_mm.analysis import AnalysisInputError  # noqa: E402
-from mimiq_mm.analysis.cli import new_parser, run_tool  # noqa: E402
-from mimiq_mm.utils.tables import console_table  # noqa: E402
+from mimiq_mm.analysis import AnalysisInputError
+from mimiq_mm.analysis.cli import new_parser, run_tool
+from mimiq_mm.utils.tables import console_table
 
 
 def parse_args(argv=None):

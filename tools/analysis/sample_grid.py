@@ -9,18 +9,16 @@ Example:
         --config configs/demo/mimiq_vit_digits_w3a3.py --num-images 32 --ncols 8
 """
 import os
-import os.path as osp
 import random
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mimiq_mm.analysis import (AnalysisInputError, config_class_names, load_synthetic_set,  # noqa: E402
+from mimiq_mm.analysis import (AnalysisInputError, config_class_names, load_synthetic_set,
                                read_class_names, save_json)
-from mimiq_mm.analysis.cli import add_output_arguments, new_parser, run_tool  # noqa: E402
-from mimiq_mm.apis import load_config  # noqa: E402
-from mimiq_mm.analysis.plots import plot_sample_grid  # noqa: E402
-from mimiq_mm.synthesis import load_manifest  # noqa: E402
+from mimiq_mm.analysis.cli import add_output_arguments, new_parser, run_tool
+from mimiq_mm.apis import load_config
+from mimiq_mm.analysis.plots import plot_sample_grid
+from mimiq_mm.synthesis import load_manifest
 
 
 def parse_args(argv=None):

@@ -25,7 +25,6 @@ agreement with the PyTorch student (``mimiq_mm.deploy.parity``), and what the ti
     python tools/deploy/speed_table.py benchmarks/results/onnx_*.json   # the README's table
     python tools/deploy/benchmark_onnx.py CONFIG CHECKPOINT   # a trained student
 """
-import argparse
 import copy
 import json
 import os
@@ -33,11 +32,11 @@ import os.path as osp
 import subprocess
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from mimiq_mm.apis.cli import new_parser
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description='Benchmark the ONNX export of a quantized student')
+    p = new_parser('Benchmark the ONNX export of a quantized student')
     p.add_argument('config', nargs='?', help='a mimiq_mm config (with CHECKPOINT), instead of --timm-model')
     p.add_argument('checkpoint', nargs='?', help='student_wXaY.pth or a QuantDistiller checkpoint')
     p.add_argument('--timm-model', help='a timm model name, randomly initialised, e.g. deit_small_patch16_224')

@@ -13,18 +13,15 @@ the images of a folder: on every batch, the outputs against the student's own ro
 near-tie and nowhere else. A JSON report is written next to the model (``MODEL.onnx.json``); the
 exit status is 1 when a check fails.
 """
-import argparse
 import json
-import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from mimiq_mm.apis.cli import USER_ERRORS, add_cfg_options, new_parser, user_errors_reported
+from mimiq_mm.deploy import DEFAULT_OPSET, TARGETS, DeployError
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-    from mimiq_mm.deploy import DEFAULT_OPSET, TARGETS
-    p = argparse.ArgumentParser(description='Export a quantized student to ONNX (Q/DQ) and check it')
+    p = new_parser('Export a quantized student to ONNX (Q/DQ) and check it')
     p.add_argument('config', help='the mimiq_mm config the student was trained with')
     p.add_argument('checkpoint', help='student_wXaY.pth, or a QuantDistiller checkpoint')
     p.add_argument('--out', required=True, help='the .onnx file to write')
@@ -44,7 +41,7 @@ def parse_args(argv=None):
                    help='deprecated: the same as --target x86-vnni')
     p.add_argument('--check', type=int, default=0, metavar='N', help='compare with PyTorch on N random batches')
     p.add_argument('--check-data', metavar='FOLDER', help='compare with PyTorch on the images in FOLDER')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='overrides of the config')
+    add_cfg_options(p)
     args = p.parse_args(argv)
     if args.signed_int8_weights:
         print('--signed-int8-weights is deprecated: use --target x86-vnni (or arm)')
@@ -99,9 +96,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mimiq_mm.deploy import DeployError
-    try:
+    with user_errors_reported(USER_ERRORS + (DeployError, ImportError)):
         report = main()
-    except (DeployError, FileNotFoundError, ImportError) as err:
-        sys.exit(f'error: {err}')
     sys.exit(0 if all(v['passed'] for k, v in report.items() if k.startswith('check_')) else 1)
