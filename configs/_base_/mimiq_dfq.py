@@ -1,12 +1,16 @@
 # MimiQ data-free QAT, the paper's recipe (sections 5 and 6.1), as `mimiq_*` variables.
-# mmengine forbids the same key in two bases, so a model config inherits an OpenMMLab base (its
-# `model`, data pipeline and evaluator) plus this file, and takes the recipe over explicitly:
-#   model = dict(_delete_=True, type='mimiq_mm.QuantDistiller', architecture=_base_.model, ...)
-#   train_cfg = dict(_delete_=True, **_base_.mimiq_train_cfg)   (and the lines below it)
-# See configs/deit/deit-s_mimiq_w4a4.py.
+# A model config inherits its OpenMMLab config (the teacher's `model`, data pipeline and evaluator)
+# and this file. mmengine forbids the same key in two bases, so the recipe's loop, optimizer,
+# schedule and hooks come as one variable, `mimiq_recipe`, that the model config takes over in one
+# line, and the distiller wraps the base's model:
+#   _base_ = ['mmpretrain::deit/deit-small_4xb256_in1k.py', '../_base_/mimiq_dfq.py']
+#   globals().update(_base_.mimiq_recipe)
+#   model = dict(_base_.mimiq_model, _delete_=True, architecture=_base_.model)
+#   train_cfg['synthesis']['image_size'] = 224
+# then only what differs from the recipe (see configs/deit/ and configs/mask_rcnn/).
 custom_imports = dict(imports=['mimiq_mm'], allow_failed_imports=False)
 
-# The distiller around a base config's model: model = dict(_delete_=True, **_base_.mimiq_model,
+# The distiller around a base config's model: model = dict(_base_.mimiq_model, _delete_=True,
 # architecture=_base_.model, ...). L_T = KL + gamma * L_HAD (paper Table 3 sweeps gamma 1, 10, 100).
 mimiq_model = dict(
     type='mimiq_mm.QuantDistiller',
@@ -51,3 +55,14 @@ mimiq_default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50))
 mimiq_log_processor = dict(by_epoch=False)
 mimiq_custom_hooks = [dict(type='mimiq_mm.StudentExportHook')]
+
+# What a model config takes over in one line, `globals().update(_base_.mimiq_recipe)`: the
+# recipe's settings replace its OpenMMLab base's (`_delete_`: nothing of the base's schedule stays).
+mimiq_recipe = dict(
+    train_cfg=dict(_delete_=True, **mimiq_train_cfg),
+    optim_wrapper=dict(_delete_=True, **mimiq_optim_wrapper),
+    param_scheduler=mimiq_param_scheduler,
+    auto_scale_lr=mimiq_auto_scale_lr,
+    default_hooks=mimiq_default_hooks,
+    log_processor=mimiq_log_processor,
+    custom_hooks=mimiq_custom_hooks)

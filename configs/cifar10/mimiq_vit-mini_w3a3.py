@@ -8,25 +8,16 @@
 #    train_dataloader.dataset.data_root=/tmp/cifar10 test_dataloader.dataset.data_root=/tmp/cifar10)
 _base_ = ['./vit-mini_p2_cifar10.py', '../_base_/mimiq_dfq.py']
 
-model = dict(
-    _delete_=True,
-    type='mimiq_mm.QuantDistiller',
-    architecture=dict(_base_.model, drop_path_rate=0.0),
-    teacher_checkpoint=None,
-    quant=dict(w_bits=3, a_bits=3, act_method='lsq'),
-    kd=dict(temperature=1.0, loss_weight=1.0),
-    had=dict(metric='dssim', loss_weight=1.0),
-    augment=dict(crop_scale=(0.6, 1.0), flip=0.5, jitter=0.2, jitter_prob=0.8, grayscale=0.0, blur=0.1))
-train_cfg = dict(_delete_=True, **_base_.mimiq_train_cfg)
+globals().update(_base_.mimiq_recipe)  # the recipe's loop, optimizer, schedule and hooks replace the base's
+model = dict(_base_.mimiq_model, _delete_=True, architecture=dict(_base_.model, drop_path_rate=0.0),
+             quant=dict(w_bits=3, a_bits=3, act_method='lsq'),
+             had=dict(metric='dssim', loss_weight=1.0),
+             augment=dict(crop_scale=(0.6, 1.0), flip=0.5, jitter=0.2, jitter_prob=0.8, grayscale=0.0, blur=0.1))
 train_cfg.update(
     synthesis=dict(train_cfg['synthesis'], num_images=1024, batch_size=128, steps=200, image_size=32,
                    log_interval=50),
     batch_size=128, max_iters=400, calibration_batches=4, val_interval=10 ** 9)
-optim_wrapper = dict(_delete_=True, type='OptimWrapper',
-                     optimizer=dict(type='SGD', lr=1e-2, momentum=0.9, nesterov=True, weight_decay=0.0))
+optim_wrapper['optimizer']['lr'] = 1e-2
 param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end=400, T_max=400, eta_min=1e-4)]
-auto_scale_lr = _base_.mimiq_auto_scale_lr
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=200, max_keep_ckpts=1),
                      logger=dict(type='LoggerHook', interval=50))
-log_processor = _base_.mimiq_log_processor
-custom_hooks = _base_.mimiq_custom_hooks

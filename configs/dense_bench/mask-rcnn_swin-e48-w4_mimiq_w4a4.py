@@ -1,4 +1,4 @@
-# MimiQ W4/A4 of the dense-benchmark Mask R-CNN teacher (issue 15; benchmarks/dense/README.md):
+# MimiQ W4/A4 of the dense-benchmark Mask R-CNN teacher (benchmarks/dense/README.md):
 # IHC + task-prior + TV synthesis, then RoI-level distillation on the teacher's proposals + L_HAD,
 # sized for a 2-core CPU (_base_/cpu_recipe.py). Other bit-widths: --cfg-options
 # model.quant.w_bits=W model.quant.a_bits=A; other rows: the *_noise-ptq / *_base-synthesis /
@@ -6,16 +6,10 @@
 #   python tools/train.py configs/dense_bench/mask-rcnn_swin-e48-w4_mimiq_w4a4.py
 #   python tools/test.py configs/dense_bench/mask-rcnn_swin-e48-w4_mimiq_w4a4.py \
 #       work_dirs/mask-rcnn_swin-e48-w4_mimiq_w4a4/student_w4a4.pth
-_base_ = ['./mask-rcnn_swin-e48-w4_fpn64_digits.py', '../_base_/mimiq_dfq.py', './_base_/cpu_recipe.py']
+_base_ = ['./mask-rcnn_swin-e48-w4_fpn64_digits.py', './_base_/cpu_recipe.py']
 
+globals().update(_base_.bench_recipe)  # the CPU-sized recipe's loop, optimizer, schedule and hooks
 model = dict(_base_.mimiq_model, _delete_=True, architecture=_base_.model,
              teacher_checkpoint='work_dirs/dense_bench/mask-rcnn/iter_1800.pth',
              task=dict(type='detection', num_rois=128, num_mask_rois=32, prior_rois=16),
              had=dict(metric='dssim', loss_weight=1.0))  # gamma of configs/mask_rcnn (Swin)
-train_cfg = dict(_delete_=True, **_base_.bench_train_cfg)
-train_dataloader = dict(batch_size=_base_.bench_ft_batch)  # real-data FT: the same batch as on synthetic images
-optim_wrapper = dict(_delete_=True, **_base_.bench_optim_wrapper)
-param_scheduler = _base_.bench_param_scheduler
-default_hooks = _base_.bench_default_hooks
-log_processor = _base_.mimiq_log_processor
-custom_hooks = _base_.mimiq_custom_hooks

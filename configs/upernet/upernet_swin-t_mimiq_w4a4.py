@@ -6,31 +6,17 @@
 # ADE20K is needed only for evaluation (`data_root` of the base config, data/ade/ADEChallengeData2016).
 # mIoU comes from the base config's IoUMetric. Other bit-widths: the *_w5a5 / *_w4a8 / *_w8a8
 # configs, or --cfg-options model.quant.w_bits=W model.quant.a_bits=A.
-# Dense-task choices (synthesis prior, distillation terms): see mimiq_mm/models/dense.py.
+# Dense-task choices (synthesis prior, distillation terms): see mimiq_mm/tasks/ and mimiq_mm/synthesis/priors.py.
 _base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py', '../_base_/mimiq_dfq.py']
 
+globals().update(_base_.mimiq_recipe)  # the recipe's loop, optimizer, schedule and hooks replace the base's
 model = dict(
-    _delete_=True,
-    type='mimiq_mm.QuantDistiller',
-    architecture=_base_.model,
+    _base_.mimiq_model, _delete_=True, architecture=_base_.model,
     teacher_checkpoint='https://download.openmmlab.com/mmsegmentation/v0.5/swin/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K/'
                        'upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_224x224_1K_20210531_112542-e380ad3e.pth',
-    quant=dict(w_bits=4, a_bits=4, act_method='minmax'),  # paper reports the better of minmax and lsq
-    # per-pixel KL of the decode head (+ 0.4 x the auxiliary head's), see dense.py
+    # per-pixel KL of the decode head (+ 0.4 x the auxiliary head's), see mimiq_mm/tasks/segmentation.py
     task=dict(type='segmentation', aux_weight=0.4),
-    kd=dict(temperature=1.0, loss_weight=1.0),
     had=dict(metric='dssim', loss_weight=1.0))  # gamma on the backbone's attention heads
-# the MimiQ recipe of ../_base_/mimiq_dfq.py
-train_cfg = dict(_delete_=True, **_base_.mimiq_train_cfg)
-optim_wrapper = dict(_delete_=True, **_base_.mimiq_optim_wrapper)
-param_scheduler = _base_.mimiq_param_scheduler
-auto_scale_lr = _base_.mimiq_auto_scale_lr
-default_hooks = _base_.mimiq_default_hooks
-log_processor = _base_.mimiq_log_processor
-custom_hooks = _base_.mimiq_custom_hooks
-val_cfg = dict()
-test_cfg = dict()
 # Synthetic images at the segmentor's training crop size. prior 'head': the decode head's per-pixel
 # logits give L_CL (ADE20K classes); for an ImageNet classifier prior see upernet_swin-t_mimiq-cls-prior_w4a4.py.
-train_cfg['synthesis']['image_size'] = (512, 512)
-train_cfg['synthesis']['prior'] = dict(type='head')
+train_cfg['synthesis'].update(image_size=(512, 512), prior=dict(type='head'))

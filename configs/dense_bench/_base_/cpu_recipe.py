@@ -1,8 +1,10 @@
-# The quantization recipe of the dense benchmark (issue 15) at the size of a 2-core CPU, as
-# `bench_*` variables (mmengine forbids a key in two bases; a MimiQ config takes them over
-# explicitly, see mask-rcnn_swin-e48-w4_mimiq_w4a4.py). The paper's recipe is ../../_base_/mimiq_dfq.py:
-# 10K images x 2K steps, 200 epochs at batch 16; here a few hundred images and iterations
-# (sizing measured in benchmarks/dense/README.md).
+# The quantization recipe of the dense benchmark at the size of a 2-core CPU: the MimiQ recipe of
+# ../../_base_/mimiq_dfq.py (10K images x 2K steps, 200 epochs at batch 16) with a few hundred
+# images and iterations (sizing measured in benchmarks/dense/README.md), as `bench_*` variables and,
+# for a model config to take over in one line, `bench_recipe` (see mask-rcnn_swin-e48-w4_mimiq_w4a4.py):
+#   globals().update(_base_.bench_recipe)
+_base_ = ['../../_base_/mimiq_dfq.py']
+
 bench_image_size = (128, 128)  # the teachers' training size
 bench_ft_batch = 8
 bench_ft_iters = 200
@@ -27,3 +29,11 @@ bench_param_scheduler = [
 bench_default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=1),
     logger=dict(type='LoggerHook', interval=10))
+bench_recipe = dict(
+    train_cfg=dict(_delete_=True, **bench_train_cfg),
+    train_dataloader=dict(batch_size=bench_ft_batch),  # real-data FT: the same batch as on synthetic images
+    optim_wrapper=dict(_delete_=True, **bench_optim_wrapper),
+    param_scheduler=bench_param_scheduler,
+    default_hooks=bench_default_hooks,
+    log_processor=_base_.mimiq_log_processor,
+    custom_hooks=_base_.mimiq_custom_hooks)
