@@ -276,7 +276,7 @@ def _dense_student(cfg_name, arch):
 def test_upernet_deit_and_swin_whole_model_and_mask_rcnn_backbone_neck(tmp_path):
     pytest.importorskip('mmseg')
     pytest.importorskip('mmdet')
-    from test_dense import TINY_MASK_RCNN, TINY_UPERNET_DEIT, TINY_UPERNET_SWIN
+    from dense_models import TINY_MASK_RCNN, TINY_UPERNET_DEIT, TINY_UPERNET_SWIN
     for name, arch in (('upernet_deit-s', TINY_UPERNET_DEIT), ('upernet_swin-t', TINY_UPERNET_SWIN)):
         seg = _dense_student(f'upernet/{name}_mimiq_w4a4.py', arch)
         info = export_onnx(seg, str(tmp_path / f'{name}.onnx'), input_size=(64, 64), batch=2)
