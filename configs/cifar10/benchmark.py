@@ -50,7 +50,7 @@ rows = dict(
     real_ft=dict(label='Real-data FT (same QAT recipe, train split)', data='real', had=True),
 )
 
-# The paper's expectations, checked on the measured means (see mimiq_mm/benchmark/table/report.py).
+# The paper's expectations, checked on the measured means (see benchmarks/table/report.py).
 checks = [
     dict(type='gap', row='mimiq', ref='real_ft', at_most=5, bits=['w3a3', 'w2a4']),
     dict(type='margin', row='mimiq', over='psaq', at_least=15, bits=['w3a3', 'w2a4']),
@@ -113,12 +113,12 @@ scales = {
         jobs=2,
         estimates=dict(teacher=920, synth=240, quant=150, eval=30),
     ),
-    # One H100 session of about 30 device minutes (commands of <= 10 minutes, machine starts
+    # One H100 lent for about 30 device minutes (commands of <= 10 minutes, machine starts
     # included): the main ViT teacher (<= 4.5 min), three synthetic sets (~1 min each), 16 fine-tuning
     # and 8 PTQ units at the two headline bit-widths and 2 seeds (~30 s / ~8 s each; estimates, not
     # measurements). Swin and W4/A4, W5/A5, W4/A8 only if time is left.
     'gpu-30min': dict(
-        description='one ~30 GPU-minute session on an H100: small teachers, 1K synthetic images x 200 steps, '
+        description='one ~30 GPU-minute run on an H100: small teachers, 1K synthetic images x 200 steps, '
                     '400 fine-tuning iterations; far below the paper recipe',
         teacher_configs=dict(vit='configs/cifar10/vit-mini_p2_cifar10.py',
                              swin='configs/cifar10/swin-mini_p2w4_cifar10.py'),

@@ -1,4 +1,4 @@
-# The study of issue 16 on the cpu-2core scale: when does inter-head coherency (IHC) synthesis pay,
+# The study on the cpu-2core scale: when does inter-head coherency (IHC) synthesis pay,
 # and is fine-tuning ever worse than post-training quantization? The rows of benchmark.py plus
 #   controls      Gaussian noise + KL (as many noise images as base has synthetic ones), real images
 #                 with KL only, real images as many as the synthetic set;

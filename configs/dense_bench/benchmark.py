@@ -54,7 +54,7 @@ rows = dict(
     base=dict(label='Base synthesis (task prior + TV) + task KD', data='base', had=False),
     mimiq=dict(label='MimiQ (IHC + task prior + TV, task KD + HAD)', data='mimiq', had=True),
     real_ft=dict(label='Real-data FT (same QAT recipe, train split)', data='real', had=True),
-    # issue 16: LSQ quantizers initialised from the min-max range (LSQ+), so fine-tuning starts at PTQ
+    # LSQ quantizers initialised from the min-max range (LSQ+), so fine-tuning starts at PTQ
     mimiq_lsqplus=dict(label='MimiQ, LSQ+ initialisation (fine-tuning starts at min-max PTQ)', data='mimiq',
                        had=True, cfg_options={'model.quant.lsq_init': 'minmax'}),
     base_lsqplus=dict(label='Base synthesis + task KD, LSQ+ initialisation', data='base', had=False,
@@ -89,9 +89,9 @@ all_bits = ['w8a8', 'w4a8', 'w4a4', 'w3a3']
 synthesis_common = dict(lr=0.1, alpha=1.0, beta=2.5e-5, ihc=dict(similarity='abs', ssim='global'), seed=0,
                         prior=dict(type='head'))
 
-# Issue 15's expectations (each metric a teacher has; 'fp' is the full-precision teacher).
+# The paper's expectations (each metric a teacher has; 'fp' is the full-precision teacher).
 # (mimiq_auto is the MimiQ row of the teachers measured with lsq_init='auto'.) The W4/A4 ones are
-# also checked at W3/A3, the column the issue adds where W4/A4 leaves no gap.
+# also checked at W3/A3, the column added where W4/A4 leaves no gap.
 LOW_BITS = ['w4a4', 'w3a3']
 checks = [dict(type='gap', row=row, ref='fp', at_most=1, bits=['w8a8'], metric=metric)
           for row in ('noise_ptq', 'base', 'mimiq', 'mimiq_auto', 'real_ft')
@@ -134,9 +134,10 @@ scales = {
         synthesis=dict(num_images=64, batch_size=16, steps=100, noise_images=32, log_interval=25),
         finetune=dict(iters=200, batch_size=8, lr=1e-3, schedule='cosine', act_method='lsq', lsq_init='mean_abs',
                       kd_temperature=1.0, had_gamma=1.0, calibration_batches=2, augment=None, checkpoint_interval=1000),
-        # the two-class UPerNets, and the Mask R-CNN since session 8, were measured after
+        # the two-class UPerNets, and the Mask R-CNN in its fidelity run, were measured after
         # lsq_init='auto' became the default: every fine-tuned row of theirs starts where 'auto' puts
-        # it (the Mask R-CNN rows of benchmarks/results/dense_cpu-2core_session4.md used 'mean_abs')
+        # it (the Mask R-CNN rows of
+        # benchmarks/results/dense_cpu-2core_amd-epyc_2026-12-02_mean-abs-start.md used 'mean_abs')
         finetune_overrides=dict(maskrcnn=dict(iters=50, lsq_init='auto'),
                                 upernet_deit=dict(iters=80, had_gamma=10.0),
                                 upernet_swin_fg=dict(lsq_init='auto'),

@@ -1,4 +1,4 @@
-# Teacher of the dense benchmark (issue 15): mmdet's Mask R-CNN Swin-T config with only its sizes
+# Teacher of the dense benchmark: mmdet's Mask R-CNN Swin-T config with only its sizes
 # shrunk for a 2-core CPU: Swin embed 48, depths 2-2-2-2, window 4 (shifted windows kept), FPN,
 # RPN and RoI heads at 64 channels; 128x128 digits-on-CIFAR images (benchmarks/dense/README.md);
 # a short iteration schedule; no pretrained backbone (nothing is downloaded).

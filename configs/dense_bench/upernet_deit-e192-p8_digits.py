@@ -1,4 +1,4 @@
-# Teacher of the dense benchmark (issue 15): mmseg's UPerNet DeiT-S/16 config with only its sizes
+# Teacher of the dense benchmark: mmseg's UPerNet DeiT-S/16 config with only its sizes
 # shrunk for a 2-core CPU: a DeiT-style ViT (class token, 6 heads) of embed 192, depth 6, patch 8
 # on 128x128 images (a 16x16 patch grid), features of blocks 2/3/5/6 (the base: 3/6/9/12 of 12),
 # UPerNet head at 64 channels (auxiliary FCN 32); 11 classes (benchmarks/dense/README.md); a short

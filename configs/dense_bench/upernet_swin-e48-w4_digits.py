@@ -1,4 +1,4 @@
-# Teacher of the dense benchmark (issue 15): mmseg's UPerNet Swin-T config with only its sizes
+# Teacher of the dense benchmark: mmseg's UPerNet Swin-T config with only its sizes
 # shrunk for a 2-core CPU: Swin embed 48, depths 2-2-2-2, window 4 (shifted windows kept), UPerNet
 # head at 64 channels (auxiliary FCN 32); 128x128 digits-on-CIFAR images, 11 classes
 # (benchmarks/dense/README.md); a short schedule; no pretrained backbone (nothing is downloaded).

@@ -16,7 +16,8 @@ model = dict(
     # with AMP, evaluated here in fp32).
     teacher_checkpoint='https://download.openmmlab.com/mmdetection/v2.0/swin/mask_rcnn_swin-s-p4-w7_fpn_fp16_ms-crop-3x_coco/'
                        'mask_rcnn_swin-s-p4-w7_fpn_fp16_ms-crop-3x_coco_20210903_104808-b92c91f1.pth',
-    # detection distillation: FPN, RPN and RoI outputs on the teacher's proposals (mimiq_mm/tasks/detection.py)
+    # detection distillation: FPN, RPN and RoI outputs on the teacher's proposals
+    # (mimiq_mm/tasks/detection.py)
     task=dict(type='detection', num_rois=512, num_mask_rois=64, prior_rois=16),
     had=dict(metric='dssim', loss_weight=1.0))  # gamma on the backbone's attention heads
 # Synthetic images: 512x512 (a multiple of the 32-pixel FPN stride; COCO tests at 800x1333, which

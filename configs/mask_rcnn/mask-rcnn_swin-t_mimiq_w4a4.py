@@ -17,7 +17,8 @@ model = dict(
     # weights (42.7 / 39.3): mask_rcnn_swin-t-p4-w7_fpn_1x_coco_20210902_120937-9d6b7cfa.pth.
     teacher_checkpoint='https://download.openmmlab.com/mmdetection/v2.0/swin/mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco/'
                        'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth',
-    # detection distillation: FPN, RPN and RoI outputs on the teacher's proposals (mimiq_mm/tasks/detection.py)
+    # detection distillation: FPN, RPN and RoI outputs on the teacher's proposals
+    # (mimiq_mm/tasks/detection.py)
     task=dict(type='detection', num_rois=512, num_mask_rois=64, prior_rois=16),
     had=dict(metric='dssim', loss_weight=1.0))  # gamma on the backbone's attention heads
 # Synthetic images: 512x512 (a multiple of the 32-pixel FPN stride; COCO tests at 800x1333, which
