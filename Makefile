@@ -17,4 +17,4 @@ demo: env
 
 # Syntax check only (no linter is part of the pinned stack).
 lint: env
-	$(PY) -m compileall -q mimiq_mm tools tests configs
+	$(PY) -m compileall -q mimiq_mm tools tests configs benchmarks
