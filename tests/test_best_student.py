@@ -46,29 +46,6 @@ def test_best_student_hook_keeps_the_closest_student(tmp_path):
     assert all(torch.equal(v, exported[k]) for k, v in model.student.state_dict().items())
 
 
-def test_lsq_auto_start_keeps_the_calibrated_start_closest_to_the_teacher(tmp_path):
-    """quant.lsq_init='auto' calibrates both LSQ starts and keeps the one whose student is closer
-    to the teacher on the calibration images, in exactly the state that start alone gives."""
-    from mimiq_mm.engine.calibration import first_batches
-    # one iteration at lr 0: the run ends with its calibrated student (schedulers need an iteration)
-    lsq = {'model.quant.act_method': 'lsq', 'train_cfg.max_iters': 1, 'optim_wrapper.optimizer.lr': 0.0}
-    auto = run(tmp_path / 'auto', holdout=0, hooks=[], options={**lsq, 'model.quant.lsq_init': 'auto'})
-    info = auto.message_hub.get_info('lsq_start')
-    assert sorted(info['distances']) == ['mean_abs', 'minmax']
-    assert info['choice'] == min(info['distances'], key=info['distances'].get)
-    assert info['distances']['mean_abs'] != pytest.approx(info['distances']['minmax'])
-    exported = torch.load(f'{auto.work_dir}/student_w4a4.pth', weights_only=False)['meta']
-    assert exported['quant']['lsq_init'] == 'auto' and exported['lsq_start'] == info
-    for init, distance in info['distances'].items():
-        fixed = run(tmp_path / init, holdout=0, hooks=[], options={**lsq, 'model.quant.lsq_init': init})
-        loop, model = fixed.train_loop, fixed.model
-        inputs = [model.data_preprocessor(d, False)['inputs'] for d in first_batches(loop.dataloader,
-                                                                                     loop.calibration_batches)]
-        assert model.output_distance(inputs) == pytest.approx(distance, rel=1e-5)
-        same = all(torch.equal(v, auto.model.student.state_dict()[k]) for k, v in model.student.state_dict().items())
-        assert same == (init == info['choice'])
-
-
 def test_best_student_hook_needs_held_out_images(tmp_path):
     with pytest.raises(ValueError, match='holdout_images'):
         run(tmp_path, holdout=0, hooks=[dict(type='mimiq_mm.BestStudentHook', interval=2)])

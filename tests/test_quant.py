@@ -156,7 +156,7 @@ def test_disabled_quantizers_pass_through():
 def test_lsq_initialises_from_first_batch():
     g = torch.Generator().manual_seed(0)
     signed = torch.randn(64, 32, generator=g) * 3
-    q = LSQActQuantizer(4)
+    q = LSQActQuantizer(4, init='mean_abs')
     q(signed)
     assert bool(q.initialized) and bool(q.signed_flag)
     assert q.q_min == -8 and q.q_max == 7
@@ -167,7 +167,7 @@ def test_lsq_initialises_from_first_batch():
     assert torch.isclose(q.step.detach(), 2 * signed.abs().mean() / math.sqrt(7))
 
     positive = torch.rand(64, 32, generator=g)
-    q = LSQActQuantizer(8)
+    q = LSQActQuantizer(8, init='mean_abs')
     q(positive)
     assert not bool(q.signed_flag) and q.q_min == 0 and q.q_max == 255
     assert torch.isclose(q.step.detach(), 2 * positive.mean() / math.sqrt(255))
@@ -180,7 +180,8 @@ def test_lsq_minmax_init_starts_where_min_max_ptq_ends(bits):
     initialisation (symmetric, 2 mean|x| / sqrt(q_max)) does not, on an asymmetric activation."""
     g = torch.Generator().manual_seed(1)
     batches = [F.gelu(torch.randn(16, 64, generator=g) * 2) + 0.1 * i for i in range(3)]  # small negative tail
-    minmax, lsq_plus, lsq = MinMaxActQuantizer(bits), LSQActQuantizer(bits, init='minmax'), LSQActQuantizer(bits)
+    minmax, lsq_plus, lsq = (MinMaxActQuantizer(bits), LSQActQuantizer(bits, init='minmax'),
+                             LSQActQuantizer(bits, init='mean_abs'))
     for q in (minmax, lsq_plus, lsq):
         q.observing = True
         for b in batches:
@@ -203,22 +204,86 @@ def test_lsq_init_is_a_quant_option():
     assert [m.init for m in model.modules() if isinstance(m, LSQActQuantizer)] == ['minmax']
     with pytest.raises(ValueError, match='lsq_init'):
         QuantConfig(lsq_init='percentile')
-    # 'auto' builds LSQ's own start; calibration may switch it (engine/calibration.py)
-    auto = quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), w_bits=4, a_bits=4, act_method='lsq',
-                          lsq_init='auto', quantize_attention=False)
-    q = next(m for m in auto.modules() if isinstance(m, LSQActQuantizer))
-    assert q.init == 'mean_abs'
-    auto(torch.randn(8, 4))
-    assert bool(q.initialized)
-    reset_activation_ranges(auto, lsq_init='minmax')
-    assert q.init == 'minmax' and not bool(q.initialized)
-    with pytest.raises(ValueError, match='lsq_init'):
-        reset_activation_ranges(auto, lsq_init='auto')
+    with pytest.raises(ValueError, match="replaced by 'mse'"):
+        QuantConfig(lsq_init='auto')
+    default = quantize_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), w_bits=4, a_bits=4,
+                             quantize_attention=False)
+    assert [m.init for m in default.modules() if isinstance(m, LSQActQuantizer)] == ['mse']
+    assert {m.fit for m in default.modules() if isinstance(m, WeightQuantizer)} == {'mse'}
+    reset_activation_ranges(default, lsq_init='minmax')
+    assert [m.init for m in default.modules() if isinstance(m, LSQActQuantizer)] == ['minmax']
+
+
+def _heavy_tailed(seed, n=4096):
+    """A GELU-like activation: a dense bulk near zero and rare large values."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.gelu(torch.randn(n, generator=g))
+    x[torch.randint(0, n, (8,), generator=g)] = 25.0
+    return x
+
+
+def _quantization_mse(q, x):
+    with torch.no_grad():
+        return (q(x) - x).square().mean().item()
+
+
+@pytest.mark.parametrize('bits', [3, 4])
+def test_lsq_mse_init_has_the_smallest_error_of_the_starts(bits):
+    """The 'mse' start clips the rare extremes that min-max spends its levels on, and keeps more of
+    them than LSQ's 2·mean|x|/√q_max: its quantization error is below both starts'."""
+    x = _heavy_tailed(0)
+    errors = {}
+    for init in ('mse', 'mean_abs', 'minmax'):
+        q = LSQActQuantizer(bits, init=init)
+        q.observing = True
+        q(x)
+        q.observing = False
+        q.eval()
+        errors[init] = _quantization_mse(q, x)
+    assert errors['mse'] < errors['minmax'] and errors['mse'] < errors['mean_abs'], errors
+    q = LSQActQuantizer(bits)  # the default start, unsigned with a zero point inside the range
+    q.observing = True
+    q(x)
+    assert q.init == 'mse' and not bool(q.signed_flag)
+
+
+def test_lsq_mse_init_averages_the_calibration_batches():
+    one, two = LSQActQuantizer(4), LSQActQuantizer(4)
+    for q, batches in ((one, [_heavy_tailed(1)]), (two, [_heavy_tailed(1), 3 * _heavy_tailed(2)])):
+        q.observing = True
+        for b in batches:
+            q(b)
+    assert two.step.item() > one.step.item()  # the second, wider batch widened the range
+    frozen = two.step.detach().clone()
+    two.observing = False
+    two(10 * _heavy_tailed(3))
+    assert torch.equal(two.step.detach(), frozen)
+
+
+@pytest.mark.parametrize('bits', [2, 3, 4])
+def test_weight_mse_fit_clips_where_the_error_is_smallest(bits):
+    """Fitted within calibration (on the weight, no data), the clipped per-channel range has a
+    smaller weight error than min-max (most at 2 bits, where min-max rounds nearly every weight
+    to zero); outside calibration nothing refits, and the state round-trips."""
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.1, 2, 16).view(16, 1)
+    minmax, fitted = WeightQuantizer(bits, channels=16), WeightQuantizer(bits, channels=16, fit='mse')
+    fitted(w)
+    assert not bool(fitted.fitted) and torch.equal(fitted.clip, torch.ones(16))  # not calibrating: min-max
+    fitted.observing = True
+    fitted(w)
+    fitted.observing = False
+    assert bool(fitted.fitted) and (fitted.clip < 1).any() and (fitted.clip <= 1).all()
+    assert (fitted(w) - w).square().mean() < (minmax(w) - w).square().mean()
+    fitted(w * 3)
+    clip = fitted.clip.clone()
+    other = WeightQuantizer(bits, channels=16, fit='mse')
+    other.load_state_dict(fitted.state_dict())
+    assert torch.equal(other.clip, clip) and torch.equal(other(w), fitted(w))
 
 
 def test_lsq_gradients_match_lsq_formulas():
     g = torch.Generator().manual_seed(0)
-    q = LSQActQuantizer(4)
+    q = LSQActQuantizer(4, init='mean_abs')
     q(torch.randn(256, generator=g))  # initialise (signed: levels -8..7)
     with torch.no_grad():
         q.step.fill_(0.25)
@@ -297,7 +362,7 @@ def test_minmax_ema_updates_while_observing_and_freezes_in_eval():
 
 
 def test_calibration_changes_model_ranges_only_inside_context():
-    q = quantized_copy(make_vit(), w_bits=8, a_bits=8)
+    q = quantized_copy(make_vit(), w_bits=8, a_bits=8, act_method='minmax')
     x1, x2 = images(4), images(5) * 5
     calibrate(q, x1)
     mm = quantizers(q, MinMaxActQuantizer)
@@ -443,7 +508,7 @@ def test_keep_first_last_8bit_and_quantizer_placement():
     for core in cores:
         for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
             slot_q = getattr(core, slot)
-            assert isinstance(slot_q, MinMaxActQuantizer) and slot_q.bits == 3, slot
+            assert isinstance(slot_q, LSQActQuantizer) and slot_q.bits == 3, slot
     # ... and they are exercised by the forward pass
     calibrate(q, images(9))
     assert all(bool(getattr(c, s).initialized) for c in cores
@@ -528,7 +593,7 @@ def _mmseg_vit(seed):
 def test_mmseg_vit_packed_in_proj_quantized_and_fp_checkpoint_loads():
     from mimiq_mm.attention.adapters import PackedInProjection
     fp = _mmseg_vit(0)
-    q = quantize_model(_mmseg_vit(1), w_bits=4, a_bits=4)
+    q = quantize_model(_mmseg_vit(1), w_bits=4, a_bits=4, act_method='minmax')
     packed = [m for m in q.modules() if isinstance(m, PackedInProjection)]
     assert len(packed) == 2
     for p in packed:

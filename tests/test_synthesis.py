@@ -22,8 +22,44 @@ def tiny_vit():
 
 
 def synthesizer(method='mimiq', steps=3, **kwargs):
+    kwargs.setdefault('amp_dtype', None)  # float32: 'auto' may pick bf16 on CPUs that have it
     return ImageSynthesizer(tiny_vit(), ClassifierTask(), (16, 16), MEAN, STD, method=method, steps=steps,
                             log_interval=0, **kwargs)
+
+
+def test_auto_precision_is_float32_on_a_cpu_without_bf16_units(monkeypatch):
+    import mimiq_mm.utils.environment as environment
+    monkeypatch.setattr(environment, 'cpu_features', lambda: dict(bf16=False))
+    synth = synthesizer(amp_dtype='auto')
+    monkeypatch.setattr(synth, 'teacher_gflops', lambda: 100.0)
+    synth.synthesize(torch.tensor([0, 1]), seed=0)
+    assert synth.amp_dtype is None
+
+
+@pytest.mark.parametrize('gflops, expected', [(8.5, torch.bfloat16), (0.06, None)])
+def test_auto_precision_takes_bf16_for_large_teachers_on_cpus_with_bf16(monkeypatch, gflops, expected):
+    """On a CPU with bf16 units, bf16 autocast for a teacher big enough to gain from it (a tiny
+    one runs faster in float32); a rule on the teacher, so the same machine makes the same images."""
+    import mimiq_mm.utils.environment as environment
+    monkeypatch.setattr(environment, 'cpu_features', lambda: dict(bf16=True))
+    synth = synthesizer('base', amp_dtype='auto')
+    monkeypatch.setattr(synth, 'teacher_gflops', lambda: gflops)
+    images, _ = synth.synthesize(torch.tensor([0, 1]), seed=0)
+    assert synth.amp_dtype == expected and torch.isfinite(images).all()
+
+
+def test_teacher_flops_are_counted():
+    synth = synthesizer()
+    # tiny ViT: 17 tokens x (2 blocks of qkv/proj/mlp on 24 channels) + head: well under a MFLOP
+    assert 0 < synth.teacher_gflops() < 1e-3
+
+
+def test_bf16_synthesis_makes_valid_images_on_cpu():
+    synth = synthesizer('mimiq', amp_dtype='bf16')
+    images, losses = synth.synthesize(torch.tensor([0, 1, 2, 3]), seed=0)
+    low, high = synth.valid_range()
+    assert torch.isfinite(images).all() and (images >= low - 1e-6).all() and (images <= high + 1e-6).all()
+    assert set(losses) == {'ihc', 'cl', 'tv'} and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
 
 
 @pytest.mark.parametrize('method', ['mimiq', 'base', 'psaq', 'noise'])

@@ -10,7 +10,7 @@ automatically (see prepare_distributed_without_cuda), so the same command works 
 The helpers it shares with the other tools are in mimiq_mm.apis.cli and mimiq_mm.apis.runner.
 """
 from mimiq_mm.apis.cli import add_common_arguments, new_parser, parse_common_args, user_errors_reported
-from mimiq_mm.apis.runner import (apply_resume, build_runner, drop_schedule_without_fine_tuning, enable_amp,
+from mimiq_mm.apis.runner import (apply_resume, build_runner, enable_amp,
                                   prepare_distributed_without_cuda, read_config, release_distributed, set_work_dir)
 
 
@@ -34,7 +34,6 @@ def main(argv=None) -> None:
     if args.amp:
         enable_amp(cfg)
     apply_resume(cfg, args.resume)
-    drop_schedule_without_fine_tuning(cfg)
     prepare_distributed_without_cuda(cfg)
     with user_errors_reported():
         # A data-free run needs no dataset: without the validation data, validation is skipped.

@@ -171,8 +171,9 @@ class Recipe:
         finetune = row.get('finetune', True)
         act_method = ft['act_method'] if finetune else ptq['act_method']
         quant = dict(w_bits=w_bits, a_bits=a_bits, act_method=act_method)
-        if act_method == 'lsq' and ft.get('lsq_init'):  # the LSQ start of the scale (a row may change it)
-            quant['lsq_init'] = ft['lsq_init']
+        for key in ('lsq_init', 'w_fit'):  # the scale's, else the library's defaults (a row may change them)
+            if (ft if finetune else ptq).get(key):
+                quant[key] = (ft if finetune else ptq)[key]
         o = {'model.quant': quant,
              'model.kd': dict(temperature=ft['kd_temperature'], loss_weight=1.0),
              'model.had': dict(metric='dssim', loss_weight=ft['had_gamma']) if row.get('had') else None,

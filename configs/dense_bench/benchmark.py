@@ -52,6 +52,7 @@ synthetic_sets = dict(
 rows = dict(
     noise_ptq=dict(label='Gaussian-noise PTQ', data='noise', finetune=False),
     base=dict(label='Base synthesis (task prior + TV) + task KD', data='base', had=False),
+    ihc=dict(label='IHC synthesis + task KD (MimiQ without HAD)', data='mimiq', had=False),
     mimiq=dict(label='MimiQ (IHC + task prior + TV, task KD + HAD)', data='mimiq', had=True),
     real_ft=dict(label='Real-data FT (same QAT recipe, train split)', data='real', had=True),
     # LSQ quantizers initialised from the min-max range (LSQ+), so fine-tuning starts at PTQ
@@ -59,12 +60,6 @@ rows = dict(
                        had=True, cfg_options={'model.quant.lsq_init': 'minmax'}),
     base_lsqplus=dict(label='Base synthesis + task KD, LSQ+ initialisation', data='base', had=False,
                       cfg_options={'model.quant.lsq_init': 'minmax'}),
-    # the library default: calibrate both starts, keep the one closer to the teacher (data-free)
-    mimiq_auto=dict(label='MimiQ, LSQ start chosen data-free (lsq_init=auto, the default)', data='mimiq', had=True,
-                    cfg_options={'model.quant.lsq_init': 'auto'}),
-    real_ft_auto=dict(label='Real-data FT, LSQ start chosen as lsq_init=auto', data='real', had=True,
-                      cfg_options={'model.quant.lsq_init': 'auto'}),
-    # control: real-data FT from the start 'auto' gave the synthetic rows (it may pick another one for real data)
     real_ft_lsqplus=dict(label='Real-data FT, LSQ+ initialisation', data='real', had=True,
                          cfg_options={'model.quant.lsq_init': 'minmax'}),
     # segmentors: every class the teacher predicts in a batch gets an equal share of the pixel KL
@@ -90,22 +85,19 @@ synthesis_common = dict(lr=0.1, alpha=1.0, beta=2.5e-5, ihc=dict(similarity='abs
                         prior=dict(type='head'))
 
 # The paper's expectations (each metric a teacher has; 'fp' is the full-precision teacher).
-# (mimiq_auto is the MimiQ row of the teachers measured with lsq_init='auto'.) The W4/A4 ones are
-# also checked at W3/A3, the column added where W4/A4 leaves no gap.
+# The W4/A4 ones are also checked at W3/A3, the column added where W4/A4 leaves no gap.
 LOW_BITS = ['w4a4', 'w3a3']
 checks = [dict(type='gap', row=row, ref='fp', at_most=1, bits=['w8a8'], metric=metric)
-          for row in ('noise_ptq', 'base', 'mimiq', 'mimiq_auto', 'real_ft')
+          for row in ('noise_ptq', 'base', 'mimiq', 'real_ft')
           for metric in ('coco/bbox_mAP', 'coco/segm_mAP', 'mIoU')] + [
-    check for mimiq in ('mimiq', 'mimiq_auto') for check in (
-        dict(type='margin', row=mimiq, over='noise_ptq', at_least=10, bits=LOW_BITS),
-        dict(type='margin', row=mimiq, over='base', at_least=0, bits=LOW_BITS),
-        dict(type='gap', row=mimiq, ref='real_ft', at_most=5, bits=LOW_BITS),
-        dict(type='order', rows=['real_ft', mimiq, 'base', 'noise_ptq'], bits=LOW_BITS))
+    dict(type='margin', row='mimiq', over='noise_ptq', at_least=10, bits=LOW_BITS),
+    dict(type='margin', row='mimiq', over='base', at_least=0, bits=LOW_BITS),
+    dict(type='gap', row='mimiq', ref='real_ft', at_most=5, bits=LOW_BITS),
+    dict(type='order', rows=['real_ft', 'mimiq', 'base', 'noise_ptq'], bits=LOW_BITS),
 ] + [  # the same expectations on fidelity to the teacher, also where mIoU / mAP leave no gap
-    check for mimiq in ('mimiq', 'mimiq_auto') for metric in FIDELITY for check in (
-        dict(type='margin', row=mimiq, over='base', at_least=0, bits=['w8a8', 'w4a8'] + LOW_BITS,
-             metric=metric),
-        dict(type='order', rows=['real_ft', mimiq, 'base', 'noise_ptq'], bits=['w8a8', 'w4a8'] + LOW_BITS,
+    check for metric in FIDELITY for check in (
+        dict(type='margin', row='mimiq', over='base', at_least=0, bits=['w8a8', 'w4a8'] + LOW_BITS, metric=metric),
+        dict(type='order', rows=['real_ft', 'mimiq', 'base', 'noise_ptq'], bits=['w8a8', 'w4a8'] + LOW_BITS,
              metric=metric))
 ]
 
@@ -127,22 +119,18 @@ scales = {
                                  upernet_deit_fg='work_dirs/dense_bench/upernet-deit-fg/iter_800.pth'),
         # the table of benchmarks/results/dense_cpu-2core.md; the other rows are studies, run by --rows
         teachers=['maskrcnn', 'upernet_swin_fg', 'upernet_deit_fg'],
-        rows=['noise_ptq', 'base', 'mimiq_auto', 'real_ft'],
+        rows=['noise_ptq', 'base', 'ihc', 'mimiq', 'real_ft'],
         bits=['w8a8', 'w4a8', 'w4a4', 'w3a3'], seeds=[0],
         bits_seeds=dict(w4a4=[0, 1], w3a3=[0, 1]),
         teacher=dict(epochs=0, warmup_epochs=0, batch_size=8, lr=1e-3, weight_decay=0.05, max_seconds=None),
         synthesis=dict(num_images=64, batch_size=16, steps=100, noise_images=32, log_interval=25),
-        finetune=dict(iters=200, batch_size=8, lr=1e-3, schedule='cosine', act_method='lsq', lsq_init='mean_abs',
+        # the library's LSQ start and weight ranges (lsq_init / w_fit unset)
+        finetune=dict(iters=200, batch_size=8, lr=1e-3, schedule='cosine', act_method='lsq',
                       kd_temperature=1.0, had_gamma=1.0, calibration_batches=2, augment=None, checkpoint_interval=1000),
-        # the two-class UPerNets, and the Mask R-CNN in its fidelity run, were measured after
-        # lsq_init='auto' became the default: every fine-tuned row of theirs starts where 'auto' puts
-        # it (the Mask R-CNN rows of
-        # benchmarks/results/dense_cpu-2core_amd-epyc_2026-12-02_mean-abs-start.md used 'mean_abs')
-        finetune_overrides=dict(maskrcnn=dict(iters=50, lsq_init='auto'),
+        finetune_overrides=dict(maskrcnn=dict(iters=50),
                                 upernet_deit=dict(iters=80, had_gamma=10.0),
-                                upernet_swin_fg=dict(lsq_init='auto'),
-                                upernet_deit_fg=dict(iters=80, had_gamma=10.0, lsq_init='auto')),
-        ptq=dict(batch_size=8, act_method='minmax'),
+                                upernet_deit_fg=dict(iters=80, had_gamma=10.0)),
+        ptq=dict(batch_size=8, act_method='minmax', w_fit='minmax'),
         eval=dict(batch_size=8),
         workers=0,
         estimates=dict(teacher=0, synth=600, quant=300, eval=60),

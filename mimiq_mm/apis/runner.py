@@ -94,12 +94,3 @@ def apply_resume(cfg, resume) -> None:
         if not is_remote(resume):
             require_file(resume, 'checkpoint given to --resume')
         cfg.load_from = resume
-
-
-def drop_schedule_without_fine_tuning(cfg) -> None:
-    """``train_cfg.max_iters=0`` (or ``max_epochs=0``) is post-training quantization: nothing to
-    schedule, and mmengine refuses a scheduler that ends at iteration 0."""
-    train_cfg = cfg.get('train_cfg') or {}
-    if cfg.get('param_scheduler') and any(train_cfg.get(key) == 0 for key in ('max_iters', 'max_epochs')):
-        cfg.param_scheduler = None
-

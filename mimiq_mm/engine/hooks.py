@@ -33,9 +33,6 @@ class StudentExportHook(Hook):
         path = os.path.join(runner.work_dir, self.filename.format(w=cfg.w_bits, a=cfg.a_bits))
         meta = dict(quant=asdict(cfg), teacher_checkpoint=model.teacher_checkpoint, iter=runner.iter,
                     task=model.task.name, mimiq_mm_student=True)
-        lsq_start = runner.message_hub.get_info('lsq_start')  # lsq_init='auto': the start it chose
-        if lsq_start is not None:
-            meta['lsq_start'] = lsq_start
         torch.save(dict(state_dict=model.student_state_dict(), meta=meta), path)
         print_log(f'saved the quantized student to {path}', logger='current')
 

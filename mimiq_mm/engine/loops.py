@@ -11,6 +11,7 @@ from ..synthesis import SyntheticSetMaker, load_manifest
 from ..quant import uncalibrated_quantizers
 from ..utils.wrappers import unwrap_model
 from .calibration import calibrate_missing_quantizers, calibrate_student, first_batches
+from .guard import DivergenceGuardHook
 from .interrupt import InterruptCheckpointHook
 
 
@@ -84,8 +85,11 @@ class DataFreeQATLoop(IterBasedTrainLoop):
                              'DataFreeQATLoop')
         super().__init__(runner, dataloader, max_iters=int(max_iters), val_begin=val_begin,
                          val_interval=val_interval)
+        if self._max_iters == 0:  # post-training quantization: nothing to schedule (and mmengine
+            runner.param_schedulers = None  # refuses a schedule that ends at iteration 0)
         self.interrupt = InterruptCheckpointHook()
         runner.register_hook(self.interrupt)
+        runner.register_hook(DivergenceGuardHook())
 
     @staticmethod
     def distiller_of(runner):

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..attention import AttentionCore, install_attention_capture
 from ..attention.adapters import PackedInProjection
 from .modules import to_quant_module
-from .quantizers import (ACT_QUANTIZERS, LSQ_INITS, LSQActQuantizer, MinMaxActQuantizer, WeightQuantizer,
+from .quantizers import (ACT_QUANTIZERS, LSQ_INITS, WEIGHT_FITS, LSQActQuantizer, MinMaxActQuantizer, WeightQuantizer,
                          _Quantizer, build_act_quantizer, check_bits)
 
 
@@ -28,20 +28,23 @@ class QuantConfig:
     Args:
         w_bits (int): weight bits, 2–8.
         a_bits (int): activation bits, 2–8 (attention matmul inputs included).
-        act_method (str): 'minmax' (EMA-calibrated) or 'lsq' (learnable step/offset).
-        lsq_init (str): how LSQ quantizers start: 'mean_abs' (LSQ, the notes' lineage),
-            'minmax' (LSQ+: the min-max PTQ range, so fine-tuning starts from PTQ) or 'auto'
-            (default: calibrate both and keep the one whose student is closer to the teacher on
-            the calibration images, ``mimiq_mm.engine.calibration.calibrate_student``; neither
-            fixed start is safe on every model, benchmarks/cifar10/README.md).
+        act_method (str): 'lsq' (learnable step and offset, the default) or 'minmax'
+            (EMA-calibrated, the implementation notes' lineage).
+        lsq_init (str): where LSQ quantizers start: 'mse' (default; LSQ+'s initialisation: the
+            clipped range with the smallest quantization error on the calibration batches),
+            'mean_abs' (LSQ: ``2·mean|x|/√q_max``, the notes' lineage) or 'minmax' (the min-max
+            PTQ range; fine-tuning from it can end far below it, benchmarks/cifar10/README.md).
+        w_fit (str): weight ranges: 'mse' (default; per channel, the clipping with the smallest
+            quantization error, fitted on the weight itself) or 'minmax' (the notes' lineage).
         keep_first_last_8bit (bool): keep the first and last layer at 8 bits.
         quantize_attention (bool): quantize both inputs of both attention matmuls.
         skip (Sequence[str]): regexes of module names left in floating point.
     """
     w_bits: int = 4
     a_bits: int = 4
-    act_method: str = 'minmax'
-    lsq_init: str = 'auto'
+    act_method: str = 'lsq'
+    lsq_init: str = 'mse'
+    w_fit: str = 'mse'
     keep_first_last_8bit: bool = False
     quantize_attention: bool = True
     skip: Sequence[str] = field(default_factory=tuple)
@@ -51,13 +54,11 @@ class QuantConfig:
         check_bits(self.a_bits, 'a_bits (activation bit-width)')
         if self.act_method not in ACT_QUANTIZERS:
             raise ValueError(f'act_method must be one of {sorted(ACT_QUANTIZERS)} (got {self.act_method!r})')
-        if self.lsq_init not in LSQ_INITS + ('auto', ):
-            raise ValueError(f"lsq_init must be one of {list(LSQ_INITS) + ['auto']} (got {self.lsq_init!r})")
-
-    @property
-    def first_lsq_init(self):
-        """The initialisation LSQ quantizers are built with ('auto' tries 'mean_abs' first)."""
-        return LSQ_INITS[0] if self.lsq_init == 'auto' else self.lsq_init
+        if self.lsq_init not in LSQ_INITS:
+            hint = "; 'auto' (a choice between two starts) was replaced by 'mse'" if self.lsq_init == 'auto' else ''
+            raise ValueError(f'lsq_init must be one of {list(LSQ_INITS)} (got {self.lsq_init!r}){hint}')
+        if self.w_fit not in WEIGHT_FITS:
+            raise ValueError(f'w_fit must be one of {list(WEIGHT_FITS)} (got {self.w_fit!r})')
 
     @classmethod
     def from_any(cls, cfg):
@@ -94,9 +95,10 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         edge = name in (first, last)
         w_bits = 8 if edge and cfg.keep_first_last_8bit else cfg.w_bits
         a_bits = 8 if edge and cfg.keep_first_last_8bit else cfg.a_bits
-        weight_q = WeightQuantizer(w_bits)
+        weight = module.in_proj_weight if isinstance(module, PackedInProjection) else module.weight
+        weight_q = WeightQuantizer(w_bits, channels=weight.shape[0], fit=cfg.w_fit)
         # The raw image entering the first layer stays in floating point.
-        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method, cfg.first_lsq_init)
+        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method, cfg.lsq_init)
         if isinstance(module, PackedInProjection):
             module.weight_quantizer, module.input_quantizer = weight_q, input_q
         else:
@@ -105,7 +107,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         for name, core in model.named_modules():
             if isinstance(core, AttentionCore) and not any(p.search(name) for p in skip):
                 for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
-                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method, cfg.first_lsq_init))
+                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method, cfg.lsq_init))
     model.__dict__['_mimiq_quant_cfg'] = cfg
     return model
 
@@ -129,12 +131,14 @@ def set_quantization(model, weights=True, activations=True):
 
 @contextmanager
 def calibration(model, only_uncalibrated=False):
-    """Within this context, min-max quantizers observe every batch (EMA) and uninitialised LSQ
-    quantizers initialise from the first batch they see; with ``only_uncalibrated``, only the
-    quantizers that are not calibrated yet do (a resumed run keeps what it learned)."""
+    """Within this context, min-max quantizers observe every batch (EMA), uninitialised LSQ
+    quantizers initialise from the first batch they see, and weight quantizers not yet fitted fit
+    their clipping to their weight; with ``only_uncalibrated``, only the activation quantizers
+    that are not calibrated yet observe (a resumed run keeps what it learned)."""
     observers = quantizers(model, (MinMaxActQuantizer, LSQActQuantizer))
     if only_uncalibrated:
         observers = [q for q in observers if not bool(q.initialized)]
+    observers += [q for q in quantizers(model, WeightQuantizer) if not bool(q.fitted)]
     for q in observers:
         q.observing = True
     try:

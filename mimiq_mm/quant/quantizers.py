@@ -20,8 +20,10 @@ import torch
 import torch.nn as nn
 
 from .fake_quantize import fake_quantize, grad_scale, round_ste
+from .ranges import mse_clip_ratios, mse_range
 
 MIN_BITS, MAX_BITS = 2, 8
+WEIGHT_FITS = ('minmax', 'mse')
 
 
 def check_bits(bits, what='bit-width'):
@@ -102,7 +104,13 @@ class _Quantizer(nn.Module):
 
 
 class WeightQuantizer(_Quantizer):
-    """Per-output-channel symmetric min-max weight quantizer (no state to calibrate).
+    """Per-output-channel symmetric weight quantizer: step ``clip · max|w_c| / q_max``.
+
+    ``clip`` (one ratio per channel, a buffer) is 1 (min-max, nothing clipped) unless fitted:
+    with ``fit='mse'`` the ratio of each channel is chosen to minimise the weight's quantization
+    error (:func:`~mimiq_mm.quant.ranges.mse_clip_ratios`) the first time the quantizer runs
+    within :func:`mimiq_mm.quant.calibration` — on the weight alone, no data needed. The ratio
+    stays fixed afterwards, the step follows the weight as it is fine-tuned.
 
     Without autograd (evaluation, calibration, a frozen weight) the quantized weight is computed
     once and reused until the weight changes (:meth:`memo`: keyed on the weight's storage and
@@ -111,36 +119,59 @@ class WeightQuantizer(_Quantizer):
 
     Args:
         bits (int): bit-width, 2 to 8.
+        channels (int): output channels of the weight (the length of ``clip``).
         channel_dim (int): the output-channel dimension of the weight (0 for Linear/Conv2d).
+        fit (str): 'minmax' (clip 1) or 'mse'.
     """
 
-    def __init__(self, bits, channel_dim=0):
+    def __init__(self, bits, channels=1, channel_dim=0, fit='minmax'):
         super().__init__(bits, signed=True)
-        self.channel_dim = channel_dim
+        if fit not in WEIGHT_FITS:
+            raise ValueError(f'unknown weight range fit {fit!r}; choose one of {list(WEIGHT_FITS)}')
+        self.channel_dim, self.fit = channel_dim, fit
+        self.observing = False
+        self.register_buffer('clip', torch.ones(channels))
+        self.register_buffer('fitted', torch.zeros((), dtype=torch.bool))
+
+    def _broadcast(self, values, weight):
+        shape = [1] * weight.dim()
+        shape[self.channel_dim] = -1
+        return values.view(shape)
 
     def step_of(self, weight):
         """The per-channel step, shaped to broadcast against ``weight`` (e.g. (C_out, 1))."""
         reduce_dims = [d for d in range(weight.dim()) if d != self.channel_dim]
         max_abs = weight.detach().abs().amax(dim=reduce_dims, keepdim=True)
-        return (max_abs / self.q_max).clamp_min(1e-8)
+        return (max_abs * self._broadcast(self.clip, weight) / self.q_max).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def fit_clipping(self, weight):
+        """Choose ``clip`` for ``weight`` (by ``fit``) and mark the quantizer fitted."""
+        if self.fit == 'mse':
+            w = weight.detach().float().movedim(self.channel_dim, 0).flatten(1)  # (C, K)
+            self.clip.copy_(mse_clip_ratios(w, self.q_min, self.q_max))
+        self.fitted.fill_(True)
 
     def quantize(self, weight):
         """The fake-quantized weight, computed now."""
-        # The symmetric range holds the largest magnitude by construction, so nothing is
-        # clipped and the straight-through gradient is the identity (a mask would zero the
-        # largest weight wherever w / step rounds to just above q_max in floating point).
+        # Without clipping the symmetric range holds the largest magnitude, so nothing is clipped
+        # and the straight-through gradient is the identity (a mask would zero the largest weight
+        # wherever w / step rounds to just above q_max in floating point); clipped weights keep
+        # their gradient too, their quantized value stays at the end of the range.
         step = self.step_of(weight).float()
         return fake_quantize(weight, step, 0.0, self.q_min, self.q_max, mask_grad=False)
 
     def forward(self, weight):
         if not self.enabled:
             return weight
+        if self.observing and not bool(self.fitted):
+            self.fit_clipping(weight)
         if torch.is_grad_enabled() and weight.requires_grad:
             return self.quantize(weight)
-        return self.memo((weight,), lambda: self.quantize(weight))
+        return self.memo((weight, self.clip), lambda: self.quantize(weight))
 
     def extra_repr(self):
-        return f'bits={self.bits}, channel_dim={self.channel_dim}, enabled={self.enabled}'
+        return f'bits={self.bits}, channel_dim={self.channel_dim}, fit={self.fit}, enabled={self.enabled}'
 
 
 class UncalibratedQuantizerError(ValueError):
@@ -226,7 +257,7 @@ class MinMaxActQuantizer(ActQuantizer):
         return self.qparams()
 
 
-LSQ_INITS = ('mean_abs', 'minmax')
+LSQ_INITS = ('mse', 'mean_abs', 'minmax')
 
 
 class LSQActQuantizer(ActQuantizer):
@@ -234,23 +265,24 @@ class LSQActQuantizer(ActQuantizer):
 
     Initialised on the calibration batches, by ``init``:
 
+    * ``'mse'`` (LSQ+'s initialisation, the default): an unsigned range with an offset, clipped
+      where the quantization error of each calibration batch is smallest
+      (:func:`~mimiq_mm.quant.ranges.mse_range`), averaged over the batches;
     * ``'mean_abs'`` (LSQ; the implementation notes' lineage): from the first batch, signed if its
       minimum is negative, step ``2 * mean|x| / sqrt(q_max)``, offset 0;
-    * ``'minmax'`` (LSQ+): the step and offset of :class:`MinMaxActQuantizer` over every
-      calibration batch (EMA with ``momentum``): an unsigned range with an offset, so that
-      fine-tuning starts from the min-max PTQ state instead of a symmetric range that spends
-      half its levels below an activation's small negative tail.
+    * ``'minmax'``: the step and offset of :class:`MinMaxActQuantizer` over every calibration
+      batch (EMA with ``momentum``), so that fine-tuning starts from the min-max PTQ state.
 
     Gradients of step and offset are scaled by ``1 / sqrt(numel * q_max)`` as in LSQ.
     """
 
-    def __init__(self, bits, learn_offset=True, init='mean_abs', momentum=0.1):
+    def __init__(self, bits, learn_offset=True, init='mse', momentum=0.1):
         super().__init__(bits, signed=False)
         if init not in LSQ_INITS:
             raise ValueError(f'unknown LSQ initialisation {init!r}; choose one of {list(LSQ_INITS)}')
         self.learn_offset = learn_offset
         self.init, self.momentum = init, momentum
-        self._range = None  # (min, max) EMA of the calibration batches for init='minmax' (not saved)
+        self._range = None  # (min, max, batches) of the calibration so far, 'minmax'/'mse' (not saved)
         self.observing = False
         self.step = nn.Parameter(torch.ones(()))
         self.offset = nn.Parameter(torch.zeros(()), requires_grad=learn_offset)
@@ -267,21 +299,29 @@ class LSQActQuantizer(ActQuantizer):
 
     @torch.no_grad()
     def initialize(self, x):
-        x = x.detach().float()
-        if self.init == 'minmax':
-            lo, hi = torch.aminmax(x)
-            if bool(self.initialized) and self._range is not None:
-                lo, hi = self._range[0].lerp(lo, self.momentum), self._range[1].lerp(hi, self.momentum)
-            self._range = (lo, hi)
-            self.signed_flag.fill_(False)
-            lo, hi = lo.clamp_max(0), hi.clamp_min(0)
-            step = ((hi - lo) / self.q_max).clamp_min(1e-6)
-            self.step.copy_(step)
-            self.offset.copy_(torch.round(-lo / step))
-        else:
+        """Set step and offset from the batch ``x`` (and, for 'minmax'/'mse', the calibration
+        batches before it)."""
+        if self.init == 'mean_abs':
+            x = x.detach().float()
             self.signed_flag.fill_(bool(x.min() < 0))
             self.step.copy_((2 * x.abs().mean() / math.sqrt(self.q_max)).clamp_min(1e-6))
             self.offset.zero_()
+            self.initialized.fill_(True)
+            return
+        self.signed_flag.fill_(False)
+        # 'minmax' averages the raw extremes as MinMaxActQuantizer does, zero is included after
+        lo, hi = torch.aminmax(x.detach().float()) if self.init == 'minmax' else mse_range(x, self.q_max + 1)
+        if bool(self.initialized) and self._range is not None:
+            prev_lo, prev_hi, seen = self._range
+            weight = self.momentum if self.init == 'minmax' else 1.0 / (seen + 1)  # EMA / running mean
+            lo, hi = prev_lo.lerp(lo, weight), prev_hi.lerp(hi, weight)
+            self._range = (lo, hi, seen + 1)
+        else:
+            self._range = (lo, hi, 1)
+        lo, hi = lo.clamp_max(0), hi.clamp_min(0)
+        step = ((hi - lo) / self.q_max).clamp_min(1e-6)
+        self.step.copy_(step)
+        self.offset.copy_(torch.round(-lo / step))
         self.initialized.fill_(True)
 
     def qparams(self, numel=1):
@@ -293,7 +333,7 @@ class LSQActQuantizer(ActQuantizer):
         return step, offset
 
     def qparams_for(self, x):
-        if (not bool(self.initialized) and self.may_initialize()) or (self.observing and self.init == 'minmax'):
+        if (not bool(self.initialized) and self.may_initialize()) or (self.observing and self.init != 'mean_abs'):
             self.initialize(x)
         if torch.is_grad_enabled() and (self.step.requires_grad or self.offset.requires_grad):
             return self.qparams(x.numel())
@@ -307,7 +347,7 @@ class LSQActQuantizer(ActQuantizer):
 ACT_QUANTIZERS = {'minmax': MinMaxActQuantizer, 'lsq': LSQActQuantizer}
 
 
-def build_act_quantizer(bits, method, lsq_init='mean_abs'):
+def build_act_quantizer(bits, method, lsq_init='mse'):
     """Build a per-tensor activation quantizer by method name ('minmax' or 'lsq')."""
     if method not in ACT_QUANTIZERS:
         raise ValueError(f'unknown activation quantizer {method!r}; choose one of {sorted(ACT_QUANTIZERS)}')
