@@ -323,3 +323,14 @@ def test_processes_that_start_together_share_one_real_build(tmp_path):
     outputs = outputs_at_once(compiler_env(tmp_path, script=COUNTING_GCC.format(compiler=compiler)), tmp_path)
     assert len(compilations(tmp_path)) == 1, outputs
     assert all(f'kernel state: built ({ihc_cpu.build_variant()[0]}' in out for out in outputs), outputs
+
+
+def test_loading_the_kernel_prints_no_cuda_warning_on_a_cpu_machine():
+    """A CUDA build of torch warns at the import of its extension loader that no CUDA runtime is
+    found; the kernel is CPU code, so the console (e.g. of make demo) stays clean."""
+    code = ('import logging; logging.basicConfig(level=logging.WARNING)\n'
+            'from mimiq_mm.losses.ihc_cpu import build_directory, build_variant\n'
+            'build_directory(build_variant()[0])\n')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'No CUDA runtime' not in proc.stderr + proc.stdout

@@ -100,10 +100,22 @@ def compiler_problem() -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- one build per machine
+def cpp_extension():
+    """``torch.utils.cpp_extension``, imported without the warning a CUDA build of torch prints on
+    a machine without a GPU (it looks for CUDA at import; the kernel is CPU code)."""
+    logger = logging.getLogger('torch.utils.cpp_extension')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension as module
+    finally:
+        logger.setLevel(level)
+    return module
+
+
 def build_directory(name: str) -> str:
     """Where torch's extension loader builds ``name`` (created if missing)."""
-    from torch.utils.cpp_extension import _get_build_directory
-    return _get_build_directory(name, verbose=False)
+    return cpp_extension()._get_build_directory(name, verbose=False)
 
 
 def _read_record(handle) -> dict:
@@ -175,7 +187,7 @@ def remove_stale_torch_lock(build_dir: str) -> None:
 def _build(name: str, flags: list):
     """The extension, built (or loaded from the cache) by one process at a time on this machine;
     a process that waited for another's failed build of the same source takes its error."""
-    from torch.utils.cpp_extension import load
+    load = cpp_extension().load
     build_dir = build_directory(name)
     with open(_SOURCE, 'rb') as f:
         key = f'{name} {" ".join(flags)} {hashlib.sha256(f.read()).hexdigest()[:16]}'
