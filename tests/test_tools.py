@@ -250,7 +250,7 @@ def test_existing_evaluation_data_is_used(tools, tmp_path, toy_config, capsys):
     assert 'mse' in out  # the validation metric was logged
 
 
-TEACHER_OR_RECIPE = re.compile(r'(^benchmark|teacher|_digits(_det-init|-fg)?)\.py$')  # not MimiQ configs
+TEACHER_OR_RECIPE = re.compile(r'(^benchmark|^robustness|teacher|_digits(_det-init|-fg)?)\.py$')  # not MimiQ configs
 
 
 SHIPPED_CONFIGS = sorted(osp.relpath(path, REPO_ROOT) for path in glob.glob(osp.join(REPO_ROOT, 'configs', '*', '*.py'))
