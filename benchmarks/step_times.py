@@ -64,6 +64,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     import torch
+    from .provenance import provenance
     from .speed import default_out_path, format_table, run_benchmark, setup_from_config, setup_from_timm, write_result
     args = parse_args(argv)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -89,6 +90,7 @@ def main(argv=None):
                            timer=args.cpu_timer,
                            interleave=args.interleave, argv=command)
     result['tf32'] = bool(args.tf32) if device.startswith('cuda') else None
+    result['provenance'] = provenance(command, threads=torch.get_num_threads())
     if args.losses:
         from .speed.losses import format_losses, time_losses
         result['losses'] = time_losses(setup, args.batch, precision=args.precision, device=device,

@@ -51,6 +51,9 @@ def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, ca
     assert env['torch'] == torch.__version__ and env['timm'] == timm.__version__
     assert 'benchmarks.step_times' in env['command'] and '--batch 2' in env['command']
     assert (data['batch'], data['precision'], data['device']) == (2, 'fp32', 'cpu')
+    record = data['provenance']  # what the figures were made with: code, CPU kind, threads
+    assert record['threads'] == 1 and record['versions']['torch'] == torch.__version__
+    assert {'model', 'avx2', 'avx512', 'vnni', 'amx'} <= set(record['cpu']) and record['commit']
 
 
 @pytest.mark.parametrize('kernel', ['torch', 'cpp'])

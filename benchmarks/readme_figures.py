@@ -1,0 +1,224 @@
+"""The figures of the README's result tables, generated from the result files of
+``benchmarks/results/``; a test fails when a table in the README differs from what its files give.
+
+A generated table sits between two markers in README.md or a page of docs/::
+
+    <!-- figures: demo_runs digits_demo_runs_cpu-2core_amd-epyc-zen4_2026-12-07.json -->
+    ...
+    <!-- /figures -->
+
+naming a generator of :data:`GENERATORS` and its result files (paths under ``benchmarks/results``).
+
+  python -m benchmarks.readme_figures --check   # exit status 1, with a diff, where a table is stale
+  python -m benchmarks.readme_figures --write   # rewrite every table from its files
+"""
+import argparse
+import difflib
+import glob
+import json
+import os.path as osp
+import re
+import subprocess
+import sys
+
+from .paths import REPO_ROOT
+
+RESULTS = osp.join(REPO_ROOT, 'benchmarks', 'results')
+BLOCK = re.compile(r'(<!-- figures: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /figures -->)', re.S)
+
+
+def load(name):
+    path = osp.join(RESULTS, name)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{path}: the result file a README table names is missing (make it with the '
+                                f'command of benchmarks/README.md, or drop the table)')
+    with open(path) as f:
+        return json.load(f)
+
+
+def cpu_line(record):
+    """'AMD EPYC (AVX2, AVX512, VNNI, BF16)' from a result's provenance."""
+    cpu = record.get('provenance', {}).get('cpu') or {}
+    features = [k.upper() for k in ('avx2', 'avx512', 'vnni', 'amx', 'bf16') if cpu.get(k)]
+    return f"{cpu.get('model') or '?'} ({', '.join(features) or 'no AVX2'})"
+
+
+def bits_label(bits):
+    return f'{bits[:2].upper()}/{bits[2:].upper()}'
+
+
+# ----------------------------------------------------------------------------- generators
+def demo_runs(name):
+    """The demo's six runs (benchmarks.digits_runs demo): mean and range per row and thread count."""
+    data = load(name)
+    runs = data['runs']
+    lines = ['| W3/A3 on digits, top-1 (%) | ' + ' | '.join(f'{t} thread{"s" * (t > 1)}: mean (range)'
+                                                          for t in sorted({r['threads'] for r in runs})) + ' |',
+             '|---|' + '---|' * len({r['threads'] for r in runs})]
+    for key, label in (('fp', 'FP teacher'), ('noise_ptq', 'Gaussian-noise PTQ'), ('mimiq', 'MimiQ, default recipe'),
+                       ('margin', 'MimiQ − noise PTQ')):
+        cells = []
+        for t in sorted({r['threads'] for r in runs}):
+            values = [r[key] for r in runs if r['threads'] == t]
+            cells.append(f'{sum(values) / len(values):.2f} ({min(values):.2f}–{max(values):.2f})')
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    seeds = sorted({r['seed'] for r in runs})
+    lines += ['', f"Seeds {', '.join(map(str, seeds))} (each seed its own teacher), {cpu_line(data)}; "
+              f"check MimiQ ≥ noise PTQ + 15 in every run: **{data['checks'][0]['status']}** "
+              f"([`{name[:-5]}.md`](benchmarks/results/{name[:-5]}.md))."]
+    return lines
+
+
+def digits_robustness(name):
+    """The digits robustness cells (benchmarks.digits_runs robustness)."""
+    data = load(name)
+    rows = [('noise_ptq', 'noise PTQ'), ('mimiq', '**default**'), ('mimiq_lsq', "LSQ's start"),
+            ('mimiq_lsqplus', 'min-max start')]
+    lines = ['| threads | bits | ' + ' | '.join(label for _, label in rows) + ' |', '|---|---|' + '---|' * len(rows)]
+    for cell in data['cells']:
+        lines.append(f"| {cell['threads']} | {bits_label(cell['bits'])} | "
+                     + ' | '.join(f'{cell[key]:.2f}' for key, _ in rows) + ' |')
+    lines += ['', f'{cpu_line(data)}; ' + '; '.join(f"{c['check']}: **{c['status']}**" for c in data['checks']) + '.']
+    return lines
+
+
+def row_labels(recipe_config):
+    """{row: label} of a table driver's recipe (configs/<bench>/benchmark.py)."""
+    from mmengine.config import Config
+    rows = Config.fromfile(osp.join(REPO_ROOT, recipe_config)).rows
+    return {key: row.get('label', key) for key, row in rows.items()}
+
+
+#: rows of older result files whose recipe row has since gone
+RETIRED_ROWS = dict(mimiq_auto="MimiQ (its LSQ start chosen by `lsq_init='auto'`, since retired)")
+
+
+def cell(summary, row, bits, metric, digits=2):
+    """'mean ± std' over seeds of one cell ('mean' for one seed, '—' where not measured)."""
+    value = ((summary.get(row) or {}).get(bits) or {}).get(metric)
+    if not value:
+        return '—'
+    if value['n'] == 1:
+        return f"{value['mean']:.{digits}f}"
+    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+
+
+def source_line(name, data):
+    """Where a table comes from: the file, the machine and the wall time."""
+    invocations = data.get('invocations') or []
+    minutes = sum(i.get('seconds') or 0 for i in invocations) / 60
+    machine = cpu_line(data) if 'provenance' in data else (
+        (invocations[0].get('device') if invocations else None) or 'machine not recorded') + ', CPU model not recorded'
+    seeds = sorted({s for t in data['summary'].values() for r in t.values() for b in r.values()
+                    for m in b.values() if isinstance(m, dict) for s in m.get('seeds', [])})
+    return (f"Mean ± std over seeds {', '.join(map(str, seeds))}; {machine}; {minutes:.0f} min of wall time in "
+            f"{len(invocations)} invocation(s); [`{name[:-5]}.md`](benchmarks/results/{name[:-5]}.md).")
+
+
+BITS_ORDER = ('w8a8', 'w4a8', 'w4a4', 'w3a3', 'w2a4')
+
+
+def cifar10_table(name):
+    """A CIFAR-10 table (benchmarks.cifar10_table): top-1 of every row × bit-width, per teacher."""
+    data = load(name)
+    labels = {**RETIRED_ROWS, **row_labels('configs/cifar10/benchmark.py')}
+    bits = [b for b in BITS_ORDER if b in data['bits']]
+    lines = []
+    for teacher, summary in data['summary'].items():
+        fp = data['teachers'][teacher]['metrics']['accuracy/top1']
+        lines += [f'| {teacher} (FP {fp:.2f}), top-1 (%) | ' + ' | '.join(map(bits_label, bits)) + ' |',
+                  '|---|' + '---|' * len(bits)]
+        lines += [f'| {labels.get(row, row)} | ' + ' | '.join(cell(summary, row, b, 'accuracy/top1') for b in bits)
+                  + ' |' for row in data['rows'] if row in summary]
+        lines.append('')
+    return lines + [source_line(name, data)]
+
+
+def dense_table(name, bits='w4a4'):
+    """A dense table (benchmarks.dense_table) at one bit-width: annotation metrics and fidelity per teacher."""
+    data = load(name)
+    labels = {**RETIRED_ROWS, **row_labels('configs/dense_bench/benchmark.py')}
+    columns = []  # (teacher, metric, header)
+    for teacher in data['teacher_names']:
+        fp = data['teachers'][teacher]['metrics']
+        if 'coco/bbox_mAP' in fp:
+            columns += [(teacher, 'coco/bbox_mAP', f"{teacher} box mAP (FP {fp['coco/bbox_mAP'] * 100:.1f})"),
+                        (teacher, 'coco/segm_mAP', f"mask mAP (FP {fp['coco/segm_mAP'] * 100:.1f})"),
+                        (teacher, 'teacher/bbox_mAP', 'box fidelity'), (teacher, 'teacher/segm_mAP', 'mask fidelity')]
+        else:
+            columns += [(teacher, 'mIoU', f"{teacher} mIoU (FP {fp['mIoU']:.2f})"),
+                        (teacher, 'teacher/mIoU', 'fidelity mIoU')]
+    lines = [f'| {bits_label(bits)} | ' + ' | '.join(h for _, _, h in columns) + ' |', '|---|' + '---|' * len(columns)]
+    rows = [r for r in data['rows'] if any(r in data['summary'][t] for t in data['teacher_names'])]
+    for row in rows:
+        cells = [cell(data['summary'][teacher], row, bits, metric, digits=2 if metric.endswith('IoU') else 1)
+                 for teacher, metric, _ in columns]
+        if any(c != '—' for c in cells):
+            lines.append(f'| {labels.get(row, row)} | ' + ' | '.join(cells) + ' |')
+    return lines + ['', 'Fidelity: the same evaluator with the teacher\'s own predictions as ground truth (100 = the '
+                    'teacher exactly). ' + source_line(name, data)]
+
+
+def onnx_speed(*names):
+    """The ONNX speed table (tools/deploy/speed_table.py on the given benchmark_onnx files)."""
+    paths = [osp.join(RESULTS, n) for n in names]
+    out = subprocess.run([sys.executable, osp.join(REPO_ROOT, 'tools', 'deploy', 'speed_table.py'), *paths],
+                         capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+    return out.rstrip('\n').split('\n')
+
+
+GENERATORS = dict(demo_runs=demo_runs, digits_robustness=digits_robustness, cifar10_table=cifar10_table,
+                  dense_table=dense_table, onnx_speed=onnx_speed)
+
+
+# ----------------------------------------------------------------------------- the documents
+def documents():
+    return [osp.join(REPO_ROOT, 'README.md')] + sorted(glob.glob(osp.join(REPO_ROOT, 'docs', '*.md')))
+
+
+def render(text):
+    """``text`` with every figure block regenerated."""
+    def block(match):
+        generator, *files = match.group('spec').split()
+        if generator not in GENERATORS:
+            raise ValueError(f'unknown figures generator {generator!r}; known: {sorted(GENERATORS)}')
+        return match.group(1) + '\n'.join(GENERATORS[generator](*files)) + '\n' + match.group(4)
+    return BLOCK.sub(block, text)
+
+
+def stale_documents(paths=None):
+    """(path, diff) of every document (default: README.md and docs/*.md) whose figure blocks differ
+    from their result files."""
+    out = []
+    for path in paths or documents():
+        with open(path) as f:
+            text = f.read()
+        fresh = render(text)
+        if fresh != text:
+            diff = ''.join(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True), path, 'generated'))
+            out.append((path, diff))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument('--check', action='store_true')
+    group.add_argument('--write', action='store_true')
+    args = parser.parse_args(argv)
+    stale = stale_documents()
+    if args.write:
+        for path in documents():
+            with open(path) as f:
+                text = f.read()
+            with open(path, 'w') as f:
+                f.write(render(text))
+        print(f'rewrote the figures of {len(stale)} document(s)')
+        return 0
+    for path, diff in stale:
+        print(diff)
+    return 1 if stale else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The README's result tables are generated from result files, and a stale figure is caught."""
+import json
+
+import pytest
+
+from benchmarks import readme_figures
+
+
+def test_every_generated_table_matches_its_result_files():
+    stale = readme_figures.stale_documents()
+    assert not stale, 'stale README figures; run `python -m benchmarks.readme_figures --write`:\n' + '\n'.join(
+        diff for _, diff in stale)
+
+
+def _robustness_file(results, mimiq):
+    cells = [dict(threads=1, bits='w3a3', noise_ptq=66.6, mimiq=mimiq, mimiq_lsq=92.76, mimiq_lsqplus=52.88,
+                  below_best_fixed=92.76 - mimiq)]
+    data = dict(cells=cells, checks=[dict(check='default >= noise PTQ in every cell', status='pass')],
+                provenance=dict(cpu=dict(model='Some CPU', avx2=True)))
+    (results / 'robustness.json').write_text(json.dumps(data))
+
+
+def test_a_figure_typed_over_is_reported_and_rewritten(tmp_path, monkeypatch):
+    results = tmp_path / 'results'
+    results.mkdir()
+    monkeypatch.setattr(readme_figures, 'RESULTS', str(results))
+    _robustness_file(results, mimiq=91.65)
+    doc = tmp_path / 'README.md'
+    doc.write_text('intro\n<!-- figures: digits_robustness robustness.json -->\nold\n<!-- /figures -->\nafter\n')
+    assert readme_figures.stale_documents([str(doc)])  # the hand-typed 'old' body differs
+    doc.write_text(readme_figures.render(doc.read_text()))
+    assert not readme_figures.stale_documents([str(doc)])
+    assert '| 1 | W3/A3 | 66.60 | 91.65 | 92.76 | 52.88 |' in doc.read_text()
+    assert doc.read_text().startswith('intro\n') and doc.read_text().endswith('after\n')
+
+    doc.write_text(doc.read_text().replace('91.65', '91.66'))  # one figure edited by hand
+    (path, diff), = readme_figures.stale_documents([str(doc)])
+    assert '-| 1 | W3/A3 | 66.60 | 91.66' in diff and '+| 1 | W3/A3 | 66.60 | 91.65' in diff
+
+    _robustness_file(results, mimiq=93.0)  # the result file changes: the README is stale again
+    doc.write_text(doc.read_text().replace('91.66', '91.65'))
+    assert readme_figures.stale_documents([str(doc)])
+
+
+def test_a_block_naming_a_missing_file_or_generator_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='missing.json'):
+        readme_figures.render('<!-- figures: digits_robustness missing.json -->\n<!-- /figures -->')
+    with pytest.raises(ValueError, match='known: '):
+        readme_figures.render('<!-- figures: no_such_table x.json -->\n<!-- /figures -->')
