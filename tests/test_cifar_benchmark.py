@@ -84,6 +84,9 @@ def test_first_run_writes_every_requested_row(bench):
         assert 'benchmarks.cifar10_table' in rec['command']
     assert set(data['synthetic_sets']) == {'vit/synth/noise', 'vit/synth/mimiq'}
     assert data['invocations'][0]['command'].startswith('python -m benchmarks.cifar10_table')
+    record = data['provenance']  # the code, the CPU kind and the libraries the figures came from
+    assert record['command'].startswith('python -m benchmarks.cifar10_table') and record['commit']
+    assert {'model', 'avx2', 'avx512', 'vnni', 'amx'} <= set(record['cpu']) and record['versions']['torch']
     assert any(k.startswith('quant/vit/mimiq') for k in data['timings'])
     checks = {c['check']: c for c in data['checks'] if c['bits'] == 'w3a3'}
     mimiq, noise = (data['summary']['vit'][r]['w3a3']['accuracy/top1']['mean'] for r in ('mimiq', 'noise_ptq'))
@@ -303,3 +306,49 @@ def test_interrupting_the_driver_stops_its_lanes(bench, tmp_path):
         assert json.load(f)['batches']  # what was made is kept
     ps = subprocess.run(['pgrep', '-f', f'--work-dir {work}'], capture_output=True, text=True)
     assert ps.stdout.strip() == '', 'a lane outlived its driver'
+
+
+def test_a_registered_teacher_is_used_instead_of_training_one(bench, tmp_path, capsys, monkeypatch):
+    """benchmarks/teachers.json: a teacher trained once, registered with its sha256, is what a later
+    run of the same recipe uses (no training); a different file under its name is refused."""
+    from benchmarks import teachers
+    registry, store = str(tmp_path / 'teachers.json'), str(tmp_path / 'store')
+    monkeypatch.setattr(teachers, 'REGISTRY', registry)
+    trained = osp.join(bench['work'], 'vit', 'teacher', 'teacher.pth')
+    teachers.main(['--teachers-dir', store, 'register', '--benchmark-config', 'configs/cifar10/benchmark.py',
+                   '--scale', 'smoke', '--teacher', 'vit', '--checkpoint', trained, '--metric', 'accuracy/top1=12.5',
+                   '--trained-by', 'the smoke run'])
+    assert teachers.main(['--teachers-dir', store, 'check']) == 0
+    work = str(tmp_path / 'second')
+    rc, log = drive(['--data-root', bench['data'], '--work-dir', work, '--teachers-dir', store, '--scale', 'smoke',
+                     '--teachers', 'vit', '--stages', 'teacher', 'eval', '--only', 'vit/teacher'], capsys)
+    assert rc == 0 and "the registered teacher 'cifar10_vit'" in log
+    data, _ = load(work)
+    assert data['teachers']['vit']['train']['external']  # not trained in this run
+    assert not osp.isfile(osp.join(work, 'vit', 'teacher', 'teacher.pth'))
+
+    with open(osp.join(store, 'cifar10_vit.pth'), 'ab') as f:
+        f.write(b'other')  # no longer the registered teacher
+    assert teachers.main(['--teachers-dir', store, 'check']) == 1
+    rc, log = drive(['--data-root', bench['data'], '--work-dir', work, '--teachers-dir', store, '--scale', 'smoke',
+                     '--teachers', 'vit', '--dry-run'], capsys)
+    assert rc == 2 and 'is not the registered' in log and '--retrain-teachers' in log
+
+
+def test_a_teacher_trained_again_is_compared_with_the_registered_one(tmp_path):
+    from benchmarks import teachers
+    recipe = Recipe('configs/cifar10/benchmark.py', 'smoke', {})
+    spec = recipe.teachers(['vit'])
+    settings = teachers.training_settings(recipe, 'vit', spec['vit']['config'])
+    entry = dict(file='vit.pth', sha256='0' * 64, settings=settings, settings_hash=teachers.fingerprint(settings),
+                 metric=dict(name='accuracy/top1', value=60.0))
+    lines = []
+    compare = teachers.use_registered(recipe, spec, str(tmp_path), lambda p: 'x', log=lines.append,
+                                      registry=dict(fixed_vit=entry))
+    assert spec['vit']['checkpoint'] is None and set(compare) == {'vit'}  # not there: trained here
+    assert 'not found' in lines[0]
+    assert teachers.distance_lines(compare, dict(teachers=dict(vit=dict(metrics={'accuracy/top1': 61.25})))) == [
+        "teacher vit: accuracy/top1 61.25 here against 60.00 for the registered 'fixed_vit' (+1.25)"]
+    other = dict(entry, settings_hash='another schedule')
+    assert teachers.use_registered(recipe, recipe.teachers(['vit']), str(tmp_path), lambda p: 'x', log=lines.append,
+                                   registry=dict(fixed_vit=other)) == {}

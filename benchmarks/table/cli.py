@@ -9,12 +9,14 @@ import time
 from mmengine.config import DictAction
 
 from ..paths import REPO_ROOT, repo_path
+from ..teachers import default_teachers_dir, distance_lines, use_registered
 from .driver import Benchmark, main_guard
 from .lanes import UnitClaims, parse_lane, run_lanes
 from .plan import STAGES, selected
 from .recipe import Recipe
 from .report import fmt_seconds
-from .state import pack, restore
+from .stages import cached_sha256
+from .state import pack, read_json, restore, write_json
 
 # command-line flag -> (scale section, key)
 SCALE_FLAGS = [('teacher_epochs', int, 'teacher', 'epochs', 'teacher epochs'),
@@ -56,6 +58,13 @@ def parse_args(argv, default_recipe, description):
     g.add_argument('--teacher-config', help='a teacher config (file or pkg::path) instead of the scale\'s teachers')
     g.add_argument('--teacher-checkpoint', help='its checkpoint; without it the teacher is trained here')
     g.add_argument('--teacher-name', default='custom')
+    g = p.add_argument_group('the fixed teachers (benchmarks/teachers.json)')
+    g.add_argument('--teachers-dir', default=None, help='where the registered teacher checkpoints are (default: '
+                   '$MIMIQ_TEACHERS_DIR or ~/.cache/mimiq_mm/teachers); a registered teacher found there is used '
+                   'instead of training one')
+    g.add_argument('--retrain-teachers', action='store_true',
+                   help='train the teachers here even where a registered one is there, and report how far each '
+                   'lands from it')
     g.add_argument('--image-size', type=int, nargs='+', help='synthesis image size (default: the recipe\'s)')
     g = p.add_argument_group('time')
     g.add_argument('--time-budget', type=float, metavar='SECONDS', help='start no unit that would not finish before '
@@ -112,6 +121,9 @@ def build(args, argv, tool):
         raise ValueError('--teacher-checkpoint needs --teacher-config (the architecture it belongs to)')
     else:
         teachers = recipe.teachers(args.teachers)
+        args.compare_teachers = use_registered(recipe, teachers, args.teachers_dir or default_teachers_dir(),
+                                               cached_sha256, log=lambda line: print('[bench] ' + line, flush=True),
+                                               retrain=args.retrain_teachers)
     work_dir = default_work_dir(args, recipe)
     if args.restore:
         restored = restore(args.restore, work_dir)
@@ -142,6 +154,7 @@ def run(bench, args, argv=(), tool=None):
     finally:
         if not bench.lane:  # lanes leave the report to their driver
             bench.report(quiet='report' not in bench.stages)
+            report_teacher_distance(bench, getattr(args, 'compare_teachers', None))
         c = bench.counts
         bench.log(f'ran {len(c["ran"])}, skipped {len(c["skipped"])} (done), deferred {len(c["deferred"])} (time '
                   f'budget), stopped {len(c["partial"])} (resumable), blocked {len(c["blocked"])}, '
@@ -161,6 +174,18 @@ def run(bench, args, argv=(), tool=None):
             bench.log(f'packed {files} files ({size / 2 ** 20:.1f} MiB, {parts} part(s)) into {args.pack}')
         bench.close(rc)
     return rc
+
+
+def report_teacher_distance(bench, compare):
+    """Log, and record in results.json, how far teachers trained here land from their registered ones."""
+    path = osp.join(bench.work.root, 'results.json')
+    if not compare or not osp.isfile(path):
+        return
+    results = read_json(path)
+    results['teacher_registry_distance'] = distance_lines(compare, results)
+    for line in results['teacher_registry_distance']:
+        bench.log(line)
+    write_json(path, results)
 
 
 def run_in_lanes(bench, args, argv, tool):

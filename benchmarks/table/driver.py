@@ -10,6 +10,7 @@ import traceback
 
 from mmengine.utils.dl_utils import collect_env
 
+from ..provenance import provenance
 from .lanes import UnitClaims, file_lock
 from .plan import Unit, make_plan, selected
 from .report import checks_on_rows, fmt_seconds, markdown, run_checks, summarise
@@ -307,7 +308,8 @@ class Benchmark:
             synthetic_sets=sets,
             checks=run_checks(checks_on_rows(self.recipe.checks, rows), summary, teachers, self.recipe.metrics,
                               labels),
-            invocations=self.meta.get('invocations', []), timings=self.meta.get('timings', {}))
+            invocations=self.meta.get('invocations', []), timings=self.meta.get('timings', {}),
+            provenance=provenance(shlex.split(self.invocation['command'])))
         write_json(osp.join(self.work.root, 'results.json'), data)
         text = markdown(data, labels, self.recipe.teacher_labels())
         with open(osp.join(self.work.root, 'results.md'), 'w') as f:
