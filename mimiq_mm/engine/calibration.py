@@ -1,11 +1,13 @@
 """Initialising the student's activation quantizers before fine-tuning (post-training
 quantization is this step alone)."""
+import time
+
 import torch
 from mmengine.dist import broadcast, is_distributed
 from mmengine.logging import print_log
 
 from ..models import SYNTHETIC_KEY
-from ..quant import uncalibrated_quantizers
+from ..quant import describe_calibration, uncalibrated_quantizers
 
 
 def first_batches(loader, num_batches: int):
@@ -38,10 +40,12 @@ def calibration_inputs(distiller, data):
 def calibrate_student(distiller, batches) -> None:
     """Calibrate ``distiller.student``'s activation quantizers on ``batches`` of data (as the
     loader yields them), then make all ranks agree on the result."""
+    start = time.perf_counter()
     distiller.calibrate([calibration_inputs(distiller, data) for data in batches])
     if is_distributed():
         broadcast_module_state(distiller.student)
-    print_log(f'calibrated activation quantizers on {len(batches)} batches', logger='current')
+    print_log(f'calibrated the quantizers on {len(batches)} batches in {time.perf_counter() - start:.1f} s: '
+              f'{describe_calibration(distiller.student)}', logger='current')
 
 
 def calibrate_missing_quantizers(distiller, batches) -> None:

@@ -12,13 +12,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import torch
 import torch.nn as nn
 
 from ..attention import AttentionCore, install_attention_capture
 from ..attention.adapters import PackedInProjection
 from .modules import to_quant_module
-from .quantizers import (ACT_QUANTIZERS, LSQ_INITS, WEIGHT_FITS, LSQActQuantizer, MinMaxActQuantizer, WeightQuantizer,
-                         _Quantizer, build_act_quantizer, check_bits)
+from .quantizers import (ACT_QUANTIZERS, LSQ_INITS, WEIGHT_FITS, ActQuantizer, LSQActQuantizer, MinMaxActQuantizer,
+                         WeightQuantizer, _Quantizer, build_act_quantizer, check_bits)
 
 
 @dataclass
@@ -169,3 +170,23 @@ def quantizers_initialized(model) -> bool:
     """Whether ``model`` has activation quantizers and all of them are calibrated (or restored)."""
     flags = [bool(q.initialized) for q in quantizers(model) if hasattr(q, 'initialized')]
     return bool(flags) and all(flags)
+
+
+def describe_calibration(model) -> str:
+    """One line on how ``model``'s quantizers were started: each activation quantizer kind with its
+    start, and the weight ranges (for clipped ones, the median and range of the per-channel ratio of
+    the step to the min-max step), e.g. for the calibration log."""
+    acts = {}
+    for q in quantizers(model, ActQuantizer):
+        kind = f"{type(q).__name__}(init='{q.init}')" if isinstance(q, LSQActQuantizer) else type(q).__name__
+        acts[kind] = acts.get(kind, 0) + 1
+    weights = quantizers(model, WeightQuantizer)
+    clipped = [q.clip for q in weights if q.fit != 'minmax']
+    text = 'activations: ' + ', '.join(f'{n} {k}' for k, n in acts.items()) + f'; weights: {len(weights)} quantizers'
+    if clipped:
+        ratios = torch.cat([c.flatten() for c in clipped]).float()
+        text += (f", {len(clipped)} with least-squared-error steps (w_fit='mse'; step / min-max step: median "
+                 f'{ratios.median():.2f}, {ratios.min():.2f}–{ratios.max():.2f})')
+    else:
+        text += ' with min-max steps'
+    return text
