@@ -22,7 +22,7 @@ agreement with the PyTorch student (``mimiq_mm.deploy.parity``), and what the ti
 
     OMP_NUM_THREADS=1 taskset -c 1 python tools/deploy/benchmark_onnx.py --timm-model deit_small_patch16_224 \
         --w-bits 8 --a-bits 8
-    python tools/deploy/speed_table.py benchmarks/results/onnx_*.json   # the README's table
+    python tools/deploy/speed_table.py benchmarks/results/onnx_*.json   # the table of docs/deploy.md
     python tools/deploy/benchmark_onnx.py CONFIG CHECKPOINT   # a trained student
 """
 import copy

@@ -1,4 +1,4 @@
-"""The README's ONNX speed table, from the JSON files of ``benchmark_onnx.py``: one row per
+"""The ONNX speed table of docs/deploy.md, from the JSON files of ``benchmark_onnx.py``: one row per
 candidate and file, with the CPU each figure was measured on and its speed-up over FP32 in the
 same run; the FP32 and ONNX Runtime static rows of a model and CPU are shown once.
 
