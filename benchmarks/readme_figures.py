@@ -38,7 +38,9 @@ def load(name):
 
 def cpu_line(record):
     """'AMD EPYC (AVX2, AVX512, VNNI, BF16)' from a result's provenance."""
-    cpu = record.get('provenance', {}).get('cpu') or {}
+    cpu = record.get('provenance', {}).get('cpu')
+    if not cpu:
+        return 'CPU not recorded'
     features = [k.upper() for k in ('avx2', 'avx512', 'vnni', 'amx', 'bf16') if cpu.get(k)]
     return f"{cpu.get('model') or '?'} ({', '.join(features) or 'no AVX2'})"
 
@@ -82,15 +84,20 @@ def digits_robustness(name):
     return lines
 
 
-def row_labels(recipe_config):
-    """{row: label} of a table driver's recipe (configs/<bench>/benchmark.py)."""
-    from mmengine.config import Config
-    rows = Config.fromfile(osp.join(REPO_ROOT, recipe_config)).rows
-    return {key: row.get('label', key) for key, row in rows.items()}
-
-
 #: rows of older result files whose recipe row has since gone
 RETIRED_ROWS = dict(mimiq_auto="MimiQ (its LSQ start chosen by `lsq_init='auto'`, since retired)")
+
+
+def row_labels(data, default_recipe):
+    """{row: label} of the recipe a table driver's result was made with (its ``recipe``, a config
+    of this checkout), rows since retired included."""
+    from mmengine.config import Config
+    recipe = data.get('recipe') or default_recipe
+    if osp.isabs(recipe) or not osp.isfile(osp.join(REPO_ROOT, recipe)):
+        recipe = default_recipe
+    rows = Config.fromfile(osp.join(REPO_ROOT, recipe)).rows
+    return {**RETIRED_ROWS, **{key: row.get('label', key) for key, row in rows.items()}}
+
 
 
 def cell(summary, row, bits, metric, digits=2):
@@ -121,7 +128,7 @@ BITS_ORDER = ('w8a8', 'w4a8', 'w4a4', 'w3a3', 'w2a4')
 def cifar10_table(name):
     """A CIFAR-10 table (benchmarks.cifar10_table): top-1 of every row × bit-width, per teacher."""
     data = load(name)
-    labels = {**RETIRED_ROWS, **row_labels('configs/cifar10/benchmark.py')}
+    labels = row_labels(data, 'configs/cifar10/benchmark.py')
     bits = [b for b in BITS_ORDER if b in data['bits']]
     lines = []
     for teacher, summary in data['summary'].items():
@@ -137,7 +144,7 @@ def cifar10_table(name):
 def dense_table(name, bits='w4a4'):
     """A dense table (benchmarks.dense_table) at one bit-width: annotation metrics and fidelity per teacher."""
     data = load(name)
-    labels = {**RETIRED_ROWS, **row_labels('configs/dense_bench/benchmark.py')}
+    labels = row_labels(data, 'configs/dense_bench/benchmark.py')
     columns = []  # (teacher, metric, header)
     for teacher in data['teacher_names']:
         fp = data['teachers'][teacher]['metrics']
@@ -159,6 +166,26 @@ def dense_table(name, bits='w4a4'):
                     'teacher exactly). ' + source_line(name, data)]
 
 
+def synthesis_steps(*names):
+    """Synthesis step times (benchmarks.step_times), one row per file, speed-up over the first file."""
+    records = [load(n) for n in names]
+    kinds = [k for k in ('plain', 'ihc', 'psaq', 'kd', 'kd_had') if all(k in r['steps'] for r in records)]
+    lines = ['| model, batch, precision | ' + ' | '.join(
+        f"{records[0]['steps'][k]['description']}, ms per step" for k in kinds) + ' | CPU, threads |',
+             '|---|' + '---|' * (len(kinds) + 1)]
+    for record in records:
+        cells = []
+        for k in kinds:
+            ms = record['steps'][k]['ms_median']
+            base = records[0]['steps'][k]['ms_median']
+            cells.append(f'{ms:.0f}' + ('' if record is records[0] else f' ({base / ms:.2f}×)'))
+        env = record.get('environment', {})
+        threads = (record.get('provenance') or {}).get('threads', env.get('cpu_threads'))
+        lines.append(f"| {record['model']}, {record['batch']}, {record['precision']} | " + ' | '.join(cells)
+                     + f' | {cpu_line(record)}, {threads} |')
+    return lines + ['', 'Median of the timed steps, process CPU time; from ' + ', '.join(f'`{n}`' for n in names) + '.']
+
+
 def onnx_speed(*names):
     """The ONNX speed table (tools/deploy/speed_table.py on the given benchmark_onnx files)."""
     paths = [osp.join(RESULTS, n) for n in names]
@@ -168,7 +195,7 @@ def onnx_speed(*names):
 
 
 GENERATORS = dict(demo_runs=demo_runs, digits_robustness=digits_robustness, cifar10_table=cifar10_table,
-                  dense_table=dense_table, onnx_speed=onnx_speed)
+                  dense_table=dense_table, onnx_speed=onnx_speed, synthesis_steps=synthesis_steps)
 
 
 # ----------------------------------------------------------------------------- the documents
