@@ -10,4 +10,4 @@ from .utils import patch_mmengine_checkpoint_loading  # noqa: E402
 
 patch_mmengine_checkpoint_loading()
 
-from . import attention, datasets, engine, evaluation, losses, models, quant, synthesis  # noqa: F401,E402
+from . import attention, datasets, engine, evaluation, generators, losses, models, quant, synthesis  # noqa: F401,E402

@@ -26,3 +26,6 @@ METRICS = Registry('metric', parent=MMENGINE_METRICS, scope=SCOPE, locations=['m
 # Registries of mimiq_mm's own concepts (no mmengine counterpart).
 TASKS = Registry('task', scope=SCOPE, locations=['mimiq_mm.tasks'])
 SYNTHESIZERS = Registry('synthesizer', scope=SCOPE, locations=['mimiq_mm.synthesis'])
+# What makes or changes the fine-tuning batches at every iteration (train_cfg.generator): the
+# generators of GDFQ / Qimera / AdaDFQ and PSAQ-ViT V2's sample updates.
+GENERATORS = Registry('data generator', scope=SCOPE, locations=['mimiq_mm.generators'])

@@ -9,7 +9,8 @@ from ..synthesis.store import damaged_images_error, decode_image, load_manifest,
 
 @DATASETS.register_module()
 class SyntheticImageDataset(Dataset):
-    """Items are ``dict(pixels=uint8 (3, H, W) RGB tensor, label=int)``.
+    """Items are ``dict(pixels=uint8 (3, H, W) RGB tensor, label=int, index=int)`` (``index``: the
+    item's position, by which a sample update writes an image back, see :meth:`replace`).
 
     The images are decoded once, on first use, and kept in memory as one uint8 tensor
     (10K images of 224² take 1.5 GB): fine-tuning revisits them hundreds of times, and no
@@ -75,4 +76,10 @@ class SyntheticImageDataset(Dataset):
 
     def __getitem__(self, idx):
         self.load()
-        return dict(pixels=self.pixels[idx], label=int(self.labels[idx]))
+        return dict(pixels=self.pixels[idx], label=int(self.labels[idx]), index=int(idx))
+
+    def replace(self, indices, pixels):
+        """Replace the images at ``indices`` (B,) by ``pixels`` (uint8 (B, 3, H, W)) in memory: the
+        set on disk stays as it was made (PSAQ-ViT V2's sample updates evolve the loaded copy)."""
+        self.load()
+        self.pixels[torch.as_tensor(indices, dtype=torch.long)] = pixels.to(self.pixels.dtype).cpu()

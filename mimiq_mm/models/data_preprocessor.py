@@ -1,5 +1,6 @@
 """The distiller's data preprocessor: synthetic batches (uint8 pixels and labels) normalised and
-augmented here, real OpenMMLab batches handed to the task model's own preprocessor."""
+augmented here, generated batches (normalised images from a generator or a sample update) passed
+on as they are, real OpenMMLab batches handed to the task model's own preprocessor."""
 from typing import Optional
 
 import torch
@@ -10,6 +11,7 @@ from ..registry import MODELS
 from .batch_augment import BatchAugment
 
 SYNTHETIC_KEY = 'pixels'
+GENERATED_KEY = 'images'
 
 
 @MODELS.register_module()
@@ -19,6 +21,10 @@ class DistillDataPreprocessor(BaseDataPreprocessor):
 
     A synthetic batch is ``dict(pixels=uint8 (B, 3, H, W) RGB, label=(B,))``; it comes out as
     ``dict(inputs=normalised float (B, 3, H, W), data_samples=None)``, augmented when training.
+    A generated batch, ``dict(images=normalised float (B, 3, H, W), targets=(B,) or (B, C))`` (what
+    ``train_cfg.generator`` makes, :mod:`mimiq_mm.generators`), comes out as
+    ``dict(inputs=images, data_samples=dict(targets=targets))``, not augmented: the generator-based
+    methods train on their samples as generated.
     """
 
     def __init__(self, task_preprocessor: nn.Module, augment: Optional[dict] = None):
@@ -33,6 +39,10 @@ class DistillDataPreprocessor(BaseDataPreprocessor):
                              persistent=False)
 
     def forward(self, data, training=False):
+        if isinstance(data, dict) and GENERATED_KEY in data:
+            targets = data.get('targets')
+            return dict(inputs=data[GENERATED_KEY].to(self.pixel_mean.device).float(),
+                        data_samples=None if targets is None else dict(targets=targets.to(self.pixel_mean.device)))
         if isinstance(data, dict) and SYNTHETIC_KEY in data:
             x = data[SYNTHETIC_KEY].to(self.pixel_mean.device).float() / 255.0
             if training and self.augment is not None:

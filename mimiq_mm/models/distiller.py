@@ -25,6 +25,24 @@ from ..tasks import build_task
 from .data_preprocessor import DistillDataPreprocessor
 
 
+def build_student_loss(cfg):
+    """A registered student loss (:mod:`mimiq_mm.losses.dfq`) from its config, or a built module."""
+    if isinstance(cfg, nn.Module):
+        return cfg
+    cfg = dict(cfg)
+    kind = cfg.pop('type', None)
+    # The class from this scope's registry: Registry.build would search the config's default scope
+    # (mmpretrain, mmseg, ...) first, which has no such losses.
+    loss_cls = MODELS.get(kind) if kind else None
+    if loss_cls is None:
+        raise ValueError(f'unknown student loss type {kind!r} in model.student_losses; e.g. '
+                         "'mimiq_mm.LabelCrossEntropyLoss' or 'mimiq_mm.DifferenceEntropyLoss'")
+    loss = loss_cls(**cfg)
+    if not hasattr(loss, 'name'):
+        raise ValueError(f'{type(loss).__name__} cannot be a student loss: it has no `name` to log it under')
+    return loss
+
+
 @torch.no_grad()
 def calibrate_activations(student, batches, forward, only_uncalibrated=False):
     """The calibration pass: run ``forward(student, inputs)`` in eval mode on each of ``batches``
@@ -51,6 +69,11 @@ class QuantDistiller(BaseModel):
         kd (dict): output distillation, ``temperature`` and ``loss_weight``.
         had (dict | None): :class:`HeadAttentionDistillLoss` options (``metric``, ``loss_weight`` =
             γ); None or loss_weight 0 disables L_HAD.
+        student_losses (list[dict] | None): further terms of the student's loss on generated batches
+            that carry labels (``targets``), each a registered loss called
+            ``loss(student_out, teacher_out, targets)`` and logged under its ``name``: the baselines'
+            ``LabelCrossEntropyLoss`` (GDFQ, Qimera) and ``DifferenceEntropyLoss`` (AdaDFQ), see
+            :mod:`mimiq_mm.losses.dfq`. ``kd.loss_weight=0`` drops L_KL (AdaDFQ's student has none).
         task (str | dict): 'auto', 'classification', 'segmentation' or 'detection', or
             ``dict(type=<one of these>, **adapter options)`` (see :func:`build_task`).
         augment (dict | None): :class:`BatchAugment` options for synthetic batches.
@@ -59,7 +82,8 @@ class QuantDistiller(BaseModel):
     """
 
     def __init__(self, architecture: dict, teacher_checkpoint: Optional[str] = None, quant: Optional[dict] = None,
-                 kd: Optional[dict] = None, had: Optional[dict] = None, task: str = 'auto',
+                 kd: Optional[dict] = None, had: Optional[dict] = None, student_losses: Optional[list] = None,
+                 task: str = 'auto',
                  augment: Optional[dict] = None, allow_random_teacher: bool = False,
                  data_preprocessor: Optional[dict] = None, init_cfg=None):
         architecture = copy.deepcopy(architecture)
@@ -84,6 +108,7 @@ class QuantDistiller(BaseModel):
         # had=None (or loss_weight 0) switches L_HAD off; any dict, even empty, switches it on.
         self.had_loss = (HeadAttentionDistillLoss(**had)
                          if had is not None and had.get('loss_weight', 1.0) > 0 else None)
+        self.student_losses = nn.ModuleList(build_student_loss(cfg) for cfg in (student_losses or []))
         self._register_load_state_dict_pre_hook(self._route_plain_state_dict)
 
     # ------------------------------------------------------------------ set-up
@@ -154,15 +179,17 @@ class QuantDistiller(BaseModel):
     # ------------------------------------------------------------------ forward
     def forward(self, inputs, data_samples=None, mode='tensor'):
         if mode == 'loss':
-            return self.distill_losses(inputs)
+            targets = data_samples.get('targets') if isinstance(data_samples, dict) else None
+            return self.distill_losses(inputs, targets)
         if mode == 'tensor':
             return self.task.forward_tensor(self.student, inputs)
         if mode == 'predict':
             return self.student(inputs, data_samples, mode='predict')
         raise RuntimeError(f'Invalid mode "{mode}"')
 
-    def distill_losses(self, inputs):
-        """L_T on normalised ``inputs`` (B, 3, H, W): {'loss_kd', 'loss_had'}."""
+    def distill_losses(self, inputs, targets=None):
+        """L_T on normalised ``inputs`` (B, 3, H, W): {'loss_kd', 'loss_had'}, and the
+        ``student_losses`` towards ``targets`` (the labels of a generated batch, (B,) or (B, C))."""
         fields = ('outputs',) if self.had_loss is not None else ()
         with torch.no_grad():
             with AttentionRecorder(self.teacher, fields=fields, detach=True) if fields else nullcontext() as t_rec:
@@ -171,13 +198,22 @@ class QuantDistiller(BaseModel):
         with AttentionRecorder(self.student, fields=fields) if fields else nullcontext() as s_rec:
             student_out = self.task.forward_student(self.student, inputs, teacher_out)
         losses = {}
-        kd = self.task.distill_loss(student_out, teacher_out, temperature=self.kd_temperature)
-        if isinstance(kd, dict):
-            losses.update({k: self.kd_weight * v for k, v in kd.items()})
-        else:
-            losses['loss_kd'] = self.kd_weight * kd
+        if self.kd_weight:
+            kd = self.task.distill_loss(student_out, teacher_out, temperature=self.kd_temperature)
+            if isinstance(kd, dict):
+                losses.update({k: self.kd_weight * v for k, v in kd.items()})
+            else:
+                losses['loss_kd'] = self.kd_weight * kd
         if self.had_loss is not None:
             losses['loss_had'] = self.had_loss(t_rec.records, s_rec.records)
+        for loss in self.student_losses:
+            if targets is None:
+                raise ValueError(f'{type(loss).__name__} (model.student_losses) needs batches with labels: a '
+                                 'generator of train_cfg.generator (GDFQ, Qimera, AdaDFQ) makes them')
+            losses[loss.name] = loss(student_out, teacher_out, targets)
+        if not losses:
+            raise ValueError('the student has no loss: model.kd.loss_weight is 0, L_HAD is off and there are no '
+                             'model.student_losses')
         return losses
 
     def holdout_distance(self, dataset, batch_size=64) -> float:
