@@ -4,6 +4,14 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 STAGES = ('teacher', 'synth', 'quant', 'eval', 'report')
+#: a row's ``data`` that is no synthetic set: the real train split, or batches a generator makes
+#: during fine-tuning (``train_cfg.generator``, GDFQ, Qimera, AdaDFQ)
+NO_SET = ('real', 'generator')
+
+
+def reads_set(row: dict) -> bool:
+    """Whether a row quantizes with a synthetic set (which a synth unit makes first)."""
+    return row['data'] not in NO_SET
 
 
 @dataclass(eq=False)
@@ -56,7 +64,7 @@ def make_plan(teachers, rows: dict, sets: dict, selected_rows: List[str], bits: 
             return made[name]
 
         for row in selected_rows:
-            if rows[row]['data'] != 'real':
+            if reads_set(rows[row]):
                 set_unit(rows[row]['data'])
         for seed in seeds_union(bits, seeds, seeds_of):
             for b in bits:
@@ -65,7 +73,7 @@ def make_plan(teachers, rows: dict, sets: dict, selected_rows: List[str], bits: 
                 for row in selected_rows:
                     data = rows[row]['data']
                     quant = Unit('quant', t, row=row, bits=b, seed=seed,
-                                 deps=[teacher] + ([made[data]] if data != 'real' else []))
+                                 deps=[teacher] + ([made[data]] if reads_set(rows[row]) else []))
                     units += [quant, Unit('eval', t, row=row, bits=b, seed=seed, deps=[quant])]
     return units
 

@@ -17,6 +17,7 @@ from typing import List, Optional
 from mmengine.config import Config
 
 from ..paths import repo_path
+from .plan import NO_SET, reads_set
 
 DFQ_BASE = 'configs/_base_/mimiq_dfq.py'
 
@@ -177,9 +178,9 @@ class Recipe:
         o = {'model.quant': quant,
              'model.kd': dict(temperature=ft['kd_temperature'], loss_weight=1.0),
              'model.had': dict(metric='dssim', loss_weight=ft['had_gamma']) if row.get('had') else None,
-             'model.augment': ft.get('augment') if finetune and row['data'] != 'real' else None,
+             'model.augment': ft.get('augment') if finetune and reads_set(row) else None,
              'randomness': dict(seed=int(seed), deterministic=False),
-             'train_cfg.data_source': 'real' if row['data'] == 'real' else 'synthetic',
+             'train_cfg.data_source': row['data'] if row['data'] in NO_SET else 'synthetic',
              'train_cfg.val_interval': 10 ** 9}
         if finetune:
             iters = int(ft['iters'])

@@ -69,6 +69,9 @@ def run_checks(checks, summary, teachers, metrics, labels):
     * ``margin``: ``row - over >= at_least``;
     * ``below``: ``row < value``;
     * ``order``: the ``rows`` in non-increasing order.
+
+    A failing ``gap`` or ``margin`` says why (:func:`failure_reason`): by how much, and whether the
+    difference of the two means lies within the seeds' spread.
     """
     out = []
     for t, rows in summary.items():
@@ -109,9 +112,33 @@ def run_checks(checks, summary, teachers, metrics, labels):
                         detail = fmt(a)
                     else:
                         raise ValueError(f'unknown check type {kind!r}')
-                out.append(dict(teacher=t, bits=bits, metric=metric, check=text, detail=detail,
-                                status='n/a' if ok is None else 'pass' if ok else 'FAIL'))
+                result = dict(teacher=t, bits=bits, metric=metric, check=text, detail=detail,
+                              status='n/a' if ok is None else 'pass' if ok else 'FAIL')
+                if ok is False and kind in ('gap', 'margin'):
+                    other = check['ref'] if kind == 'gap' else check['over']
+                    cells = [(rows.get(r, {}).get(bits, {}).get(metric) or {}) for r in (check['row'], other)]
+                    result['reason'] = failure_reason(check, cells, labels)
+                out.append(result)
     return out
+
+
+def failure_reason(check, cells, labels):
+    """Why a ``gap`` / ``margin`` check failed: the shortfall, and whether the two means differ by
+    less than their seeds' standard deviations added (a difference the seeds do not resolve)."""
+    row = labels.get(check['row'], check['row'])
+    a, b = (cell.get('mean') for cell in cells)
+    if check['type'] == 'margin':
+        short = check['at_least'] - (a - b)
+        text = f'{row} is {short:.2f} short of the margin'
+    else:
+        short = (b - a) - check['at_most']
+        text = f'{row} is {short:.2f} beyond the allowed gap'
+    spreads = [cell.get('std') for cell in cells]
+    if None in spreads:
+        return text + ' (one seed: no spread to compare with)'
+    within = abs(a - b) <= sum(spreads)
+    return text + (f"; the means differ by {abs(a - b):.2f}, {'within' if within else 'beyond'} the seeds' spread "
+                   f'(std {spreads[0]:.2f} and {spreads[1]:.2f})')
 
 
 def cell_text(cell):
@@ -163,7 +190,7 @@ def markdown(data, labels, teacher_labels):
     if data['checks']:
         lines += ['## Checks', '']
         lines += [f'- [{c["status"]}] `{c["teacher"]}` {bits_label(c["bits"])}, `{c["metric"]}`: {c["check"]} '
-                  f'({c["detail"]})' for c in data['checks']]
+                  f'({c["detail"]})' + (f' — {c["reason"]}' if c.get('reason') else '') for c in data['checks']]
         lines.append('')
     if data['synthetic_sets']:
         lines += ['## Synthetic sets (one per teacher and set, shared by all bit-widths and seeds)', '',

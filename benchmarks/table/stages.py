@@ -20,6 +20,7 @@ from mimiq_mm.evaluation.fidelity import fidelity_metric, metric_list, reference
 from mimiq_mm.synthesis import SyntheticSet, SyntheticSetMaker, file_sha256, load_manifest
 from mimiq_mm.utils.wrappers import unwrap_model
 from .hooks import DeadlineHook, TrainingTimeGuardHook
+from .plan import reads_set
 from .recipe import load_teacher_config, parse_bits, quantization_config
 from .selection import head_similarity_summary, select_synthetic_set
 from .state import latest_checkpoint
@@ -98,7 +99,7 @@ class UnitRunner:
         cfg.merge_from_dict(self.recipe.quant_overrides(unit.row, unit.bits, unit.seed, t))
         data = self.recipe.rows[unit.row]['data']
         cfg.train_cfg.synthesis = dict(image_size=self.image_size)
-        if data != 'real':  # the set its synth unit made
+        if reads_set(self.recipe.rows[unit.row]):  # the set its synth unit made
             cfg.train_cfg.synthetic_set = self.work.synth_dir(t, data)
         cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, max_keep_ckpts=1, save_last=False,
                                             interval=int(self.recipe.finetune_settings(t).get('checkpoint_interval',
@@ -274,7 +275,7 @@ class UnitRunner:
         row = self.recipe.rows[unit.row]
         quant = dict(teacher_sha256=teacher, row=copy.deepcopy(row), bits=unit.bits, seed=unit.seed,
                      overrides=self.recipe.quant_overrides(unit.row, unit.bits, unit.seed, unit.teacher))
-        if row['data'] != 'real':
+        if reads_set(row):
             quant['synthetic_set'] = self.settings(type(unit)('synth', unit.teacher, set_name=row['data']), sha256)
         if unit.kind == 'quant':
             return quant

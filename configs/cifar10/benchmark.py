@@ -7,12 +7,21 @@
 # of the synthesis and distillation losses):
 #   noise_ptq  post-training quantization (min-max) calibrated on Gaussian noise, no fine-tuning
 #   psaq       PSAQ-ViT: patch-similarity-entropy synthesis, min-max PTQ on 32 images
+#   psaq_v2    PSAQ-ViT V2: PSAQ-ViT's images updated at every fine-tuning iteration to make teacher and
+#              student disagree, the student trained to agree (KL)
+#   gdfq       GDFQ: a conditional generator trained against the teacher, alternating with the student (KD + CE)
+#   qimera     Qimera: GDFQ with superposed class embeddings (boundary-supporting samples)
+#   adadfq     AdaDFQ: a generator whose samples adapt their difficulty to the student, within margins
 #   base       base synthesis (L_CL + L_TV) + KL fine-tuning                (Table 4, row 1)
 #   ihc        IHC synthesis (L_IHC + L_CL + L_TV) + KL = MimiQ without HAD (Table 4, row 4)
 #   mimiq      IHC synthesis + KL + HAD = MimiQ                             (Table 4, row 5)
 #   real_ft    the same QAT recipe (KL + HAD) on the real train split: the upper reference
 # The synthetic set of each synthesis method is made once per teacher (ihc and mimiq share one)
-# and reused by every bit-width and seed (train_cfg.synthesis.out_dir).
+# and reused by every bit-width and seed (train_cfg.synthesis.out_dir). The generator rows make their
+# images during fine-tuning (data='generator'); psaq_v2 evolves a copy of its set in memory.
+# The four baselines that train a generator or update samples keep their papers' own parts (generator,
+# its optimiser and warm-up, their losses and temperatures; the CIFAR settings of their released code)
+# and share the scale's student recipe (optimizer, iterations, batch, quantizers) with every row.
 benchmark = 'cifar10'
 image_size = 32  # synthesis size: the teachers' input
 
@@ -34,6 +43,7 @@ teachers = dict(
 synthetic_sets = dict(
     noise=dict(method='noise', size='noise_images'),
     psaq=dict(method='psaq', size='psaq_images'),
+    psaq_pool=dict(method='psaq'),  # PSAQ-ViT V2's initial samples: PSAQ-ViT's synthesis, the full set size
     base=dict(method='base'),
     mimiq=dict(method='mimiq'),
 )
@@ -44,6 +54,43 @@ synthetic_sets = dict(
 rows = dict(
     noise_ptq=dict(label='Gaussian-noise PTQ', data='noise', finetune=False),
     psaq=dict(label='PSAQ-ViT (PTQ on PSAQ images)', data='psaq', finetune=False),
+    psaq_v2=dict(label='PSAQ-ViT V2 (adaptive samples + KL)', data='psaq_pool', had=False, cfg_options={
+        'model.augment': None,
+        'train_cfg.generator': dict(
+            type='mimiq_mm.PSAQV2SampleStep', steps=1,
+            lr=0.2, betas=(0.5, 0.9),          # PSAQ-ViT: Adam lr 0.2 (DeiT), betas (0.5, 0.9), cosine decay
+            disagreement_weight=1.0, psaq_weight=1.0, tv_weight=2.5e-5,
+            class_weight=0.0)}),               # V2: no class guidance
+    gdfq=dict(label='GDFQ (generator + KD + CE)', data='generator', had=False, cfg_options={
+        'model.augment': None,
+        # GDFQ: T 20, alpha 1, times T²; its nn.KLDivLoss() also averages over the 10 classes: T²/C
+        'model.kd': dict(temperature=20.0, loss_weight=0.1),
+        'model.student_losses': [dict(type='mimiq_mm.LabelCrossEntropyLoss', loss_weight=1.0)],  # + CE towards y
+        'train_cfg.generator': dict(
+            type='mimiq_mm.GDFQGenerator', latent_dim=100, conditioning='embedding',  # GDFQ's CIFAR generator
+            lr=1e-3, betas=(0.5, 0.999),      # GDFQ: Adam lr 1e-3, betas (0.5, 0.999) ...
+            lr_milestones=(0.25, 0.5, 0.75),  # ... x0.1 at epochs 100, 200, 300 of 400
+            warmup_ratio=4 / 396)}),           # GDFQ (CIFAR): 4 generator-only warm-up epochs of 400
+    qimera=dict(label='Qimera (superposed embeddings + KD + CE)', data='generator', had=False, cfg_options={
+        'model.augment': None,
+        'model.kd': dict(temperature=20.0, loss_weight=0.1),  # as GDFQ
+        'model.student_losses': [dict(type='mimiq_mm.LabelCrossEntropyLoss', loss_weight=1.0)],  # soft targets
+        'train_cfg.generator': dict(
+            type='mimiq_mm.QimeraGenerator', superpose_prob=0.4, superpose_classes=2,  # Qimera (CIFAR-10 script)
+            noise_scale=1.0, embed_init='classifier', disentangle=True, intermediate_dim=100,
+            conditioning='embedding', lr=1e-3, betas=(0.5, 0.999), lr_milestones=(0.25, 0.5, 0.75),
+            warmup_ratio=4 / 396)}),           # Qimera (CIFAR-10): 4 warm-up epochs of 400
+    adadfq=dict(label='AdaDFQ (adaptive generator, margins)', data='generator', had=False, cfg_options={
+        'model.augment': None,
+        'model.kd': dict(temperature=20.0, loss_weight=0.0),  # AdaDFQ's student: no KL, ...
+        # ... but -T²·H(softmax((t - s) / T)), T 20 (its CIFAR trainer)
+        'model.student_losses': [dict(type='mimiq_mm.DifferenceEntropyLoss', temperature=20.0)],
+        'train_cfg.generator': dict(
+            type='mimiq_mm.AdaDFQGenerator',
+            lower=0.1, upper=0.8,             # AdaDFQ (CIFAR-10, 3 bits): lambda_l 0.1, lambda_u 0.8
+            disagreement_weight=0.2, agreement_weight=0.1, class_weight=1.0,  # alpha_ds 0.2, alpha_as 0.1, beta 1
+            latent_dim=100, conditioning='embedding', lr=1e-3, betas=(0.5, 0.999),
+            lr_milestones=(0.25, 0.5, 0.75), warmup_ratio=4 / 396)}),  # AdaDFQ (CIFAR): epochs 100/200/300, 4 warm-up
     base=dict(label='Base synthesis (CL+TV) + KL', data='base', had=False),
     ihc=dict(label='IHC + KL (MimiQ w/o HAD)', data='mimiq', had=False),
     mimiq=dict(label='IHC + KL + HAD (MimiQ)', data='mimiq', had=True),
@@ -59,6 +106,10 @@ checks = [
     dict(type='gap', row='mimiq', ref='fp', at_most=2, bits=['w4a4']),
     dict(type='below', row='noise_ptq', value=30, bits=['w3a3']),
 ]
+# The paper's Table 1: MimiQ at least as accurate as every data-free baseline, in every cell.
+BASELINES = ['noise_ptq', 'psaq', 'psaq_v2', 'gdfq', 'qimera', 'adadfq']
+checks += [dict(type='margin', row='mimiq', over=baseline, at_least=0, bits=['w4a4', 'w3a3', 'w2a4'])
+           for baseline in BASELINES]
 
 headline_bits = ['w3a3', 'w2a4']
 all_bits = ['w3a3', 'w2a4', 'w4a4', 'w5a5', 'w4a8']

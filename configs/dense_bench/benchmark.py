@@ -42,11 +42,13 @@ teachers = dict(
                          model=dict(task=dict(type='segmentation', aux_weight=0.4))),
 )
 
-# Task prior (the dense head's own) + TV, with and without IHC; Gaussian noise for PTQ.
+# Task prior (the dense head's own) + TV, with and without IHC; Gaussian noise for PTQ; PSAQ-ViT's
+# synthesis (patch-similarity entropy + task prior + TV) as PSAQ-ViT V2's initial samples.
 synthetic_sets = dict(
     noise=dict(method='noise', size='noise_images'),
     base=dict(method='base'),
     mimiq=dict(method='mimiq'),
+    psaq_pool=dict(method='psaq'),
 )
 
 rows = dict(
@@ -55,6 +57,25 @@ rows = dict(
     ihc=dict(label='IHC synthesis + task KD (MimiQ without HAD)', data='mimiq', had=False),
     mimiq=dict(label='MimiQ (IHC + task prior + TV, task KD + HAD)', data='mimiq', had=True),
     real_ft=dict(label='Real-data FT (same QAT recipe, train split)', data='real', had=True),
+    # The paper's data-free baselines on dense models (Table 2 has PSAQ-ViT V2; GDFQ as the CNN method that
+    # applies to dense inputs: its generator learns against the task prior of MimiQ's dense synthesis, the
+    # dense head's own outputs towards each image's class): their own parts, the scale's student recipe.
+    gdfq=dict(label='GDFQ (generator against the task prior + task KD)', data='generator', had=False, cfg_options={
+        'model.augment': None,
+        # GDFQ: KL at T 20, times T²; its nn.KLDivLoss() averages over the classes too: T²/C (C = 2, the
+        # table's UPerNets), here per pixel (the detector: its distillation terms, T on the RoI classes).
+        # Its cross entropy towards y does not apply: y is the image's class, not each pixel's or box's label.
+        'model.kd': dict(temperature=20.0, loss_weight=0.5),
+        'train_cfg.generator': dict(
+            type='mimiq_mm.GDFQGenerator', latent_dim=100, conditioning='embedding',
+            lr=1e-3, betas=(0.5, 0.999), lr_milestones=(0.25, 0.5, 0.75),  # GDFQ: Adam, x0.1 at epochs 100/200/300
+            warmup_ratio=50 / 350,            # GDFQ (ImageNet): 50 generator-only epochs of 400
+            prior=dict(type='head'))}),       # the class prior of MimiQ's dense synthesis: the model's own head
+    psaq_v2=dict(label='PSAQ-ViT V2 (adaptive samples + task KD)', data='psaq_pool', had=False, cfg_options={
+        'model.augment': None,
+        'train_cfg.generator': dict(
+            type='mimiq_mm.PSAQV2SampleStep', steps=1, lr=0.2, betas=(0.5, 0.9),  # PSAQ-ViT's Adam settings
+            disagreement_weight=1.0, psaq_weight=1.0, tv_weight=2.5e-5, class_weight=0.0)}),  # V2: no class guidance
     # LSQ quantizers initialised from the min-max range (LSQ+), so fine-tuning starts at PTQ
     mimiq_lsqplus=dict(label='MimiQ, LSQ+ initialisation (fine-tuning starts at min-max PTQ)', data='mimiq',
                        had=True, cfg_options={'model.quant.lsq_init': 'minmax'}),
@@ -100,6 +121,12 @@ checks = [dict(type='gap', row=row, ref='fp', at_most=1, bits=['w8a8'], metric=m
         dict(type='order', rows=['real_ft', 'mimiq', 'base', 'noise_ptq'], bits=['w8a8', 'w4a8'] + LOW_BITS,
              metric=metric))
 ]
+
+# MimiQ at least as good as each data-free baseline of the paper, every cell (annotations and fidelity;
+# each teacher is checked on the metrics its task reports).
+checks += [dict(type='margin', row='mimiq', over=baseline, at_least=0, bits=['w4a4'], metric=metric)
+           for baseline in ('gdfq', 'psaq_v2')
+           for metric in ('coco/bbox_mAP', 'coco/segm_mAP', 'mIoU', 'teacher/aAcc') + FIDELITY]
 
 scales = {
     # About 3 hours of one CPU core (sizing measured in benchmarks/dense/README.md).
