@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from ..attention import AttentionCore, install_attention_capture
 from ..attention.adapters import PackedInProjection
+from ..utils.wrappers import unwrap_model
 from .modules import to_quant_module
 from .quantizers import (ACT_QUANTIZERS, LSQ_INITS, WEIGHT_FITS, ActQuantizer, LSQActQuantizer, MinMaxActQuantizer,
                          WeightQuantizer, _Quantizer, build_act_quantizer, check_bits)
@@ -115,7 +116,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
 
 def quant_config_of(model):
     """The :class:`QuantConfig` a model was quantized with, or None."""
-    return getattr(model, 'module', model).__dict__.get('_mimiq_quant_cfg')
+    return unwrap_model(model).__dict__.get('_mimiq_quant_cfg')
 
 
 def quantizers(model, kind=_Quantizer):
