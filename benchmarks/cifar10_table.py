@@ -4,7 +4,8 @@ ImageFolder classification dataset (by default CIFAR-10, /work/shared/datasets/c
 For each teacher of the scale (configs/cifar10/benchmark.py), the driver
 
   1. trains the full-precision teacher on the train split only           (stage `teacher`)
-  2. makes each synthetic set the rows need, never reading a train image  (stage `synth`)
+  2. makes each synthetic set the rows need, one per seed, never reading
+     a train image                                                        (stage `synth`)
   3. quantizes the teacher for every row, bit-width and seed: PTQ or QAT
      on a synthetic set, or the same QAT on the real train split          (stage `quant`)
   4. evaluates on the test split                                          (stage `eval`)

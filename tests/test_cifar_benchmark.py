@@ -250,13 +250,20 @@ scales = dict(smoke=dict(finetune=dict(holdout_images=2, best_interval=2)))
     assert 'holdout_images=2' in config and 'BestStudentHook' in config
 
 
-def test_two_lanes_run_every_unit_once(bench, tmp_path, capsys):
+@pytest.fixture(scope='module')
+def two_seeds(bench, tmp_path_factory):
+    """Seeds 0 and 1 in two lanes (--jobs 2), in a work dir of their own."""
+    work = str(tmp_path_factory.mktemp('lanes') / 'work')
+    rc = main(['--data-root', bench['data'], '--work-dir', work, *SMOKE[:-1], '0', '1', '--jobs', '2'])
+    assert rc == 0
+    return work
+
+
+def test_two_lanes_run_every_unit_once(two_seeds):
     """--jobs 2: the teacher in the driver, then two lane processes share the other units; each
     unit runs exactly once, a student is evaluated by the lane that trained it, the report is
     complete, bench.json holds the one invocation and every unit's time, no claim is left."""
-    work = str(tmp_path / 'lanes')
-    rc, log = drive(['--data-root', bench['data'], '--work-dir', work, *SMOKE[:-1], '0', '1', '--jobs', '2'], capsys)
-    assert rc == 0, log[-4000:]
+    work = two_seeds
     data, _ = load(work)
     assert data['complete'] and len(data['results']) == 2 * len(ROWS)
     driver_log = open(osp.join(work, 'logs', 'driver.log')).read()
@@ -264,7 +271,7 @@ def test_two_lanes_run_every_unit_once(bench, tmp_path, capsys):
     ran = re.findall(r'\[bench lane (\d)/2\] running (\w+ \S+)', driver_log)
     names = [name for _, name in ran]
     expected = {f'{kind} vit/{row}/w3a3/s{seed}' for kind in ('quant', 'eval') for row in ROWS for seed in (0, 1)}
-    expected |= {'synth vit/synth/noise', 'synth vit/synth/mimiq'}
+    expected |= {f'synth vit/synth/{name}{suffix}' for name in ('noise', 'mimiq') for suffix in ('', '/s1')}
     assert sorted(names) == sorted(expected)  # all of them, none twice
     lane_of = {name: lane for lane, name in ran}
     for rec in data['results']:
@@ -276,6 +283,46 @@ def test_two_lanes_run_every_unit_once(bench, tmp_path, capsys):
     assert [c['command'].endswith('--jobs 2') for c in meta['invocations']] == [True]
     assert sum(len(v) for v in meta['timings'].values()) == len(expected) + 2  # + teacher and its eval
     assert not os.listdir(osp.join(work, 'claims'))
+
+
+def test_each_seed_makes_and_reads_its_own_synthetic_set(two_seeds):
+    """A seed varies the synthetic images as well as fine-tuning: seed 1's sets (<set>_s1) hold
+    other images, made from another synthesis seed, and seed 1's units read them."""
+    from mmengine.config import Config
+
+    from mimiq_mm.datasets import SyntheticImageDataset
+    work = two_seeds
+    for name in ('noise', 'mimiq'):
+        zero, one = (osp.join(work, 'vit', 'synthetic', folder) for folder in (name, f'{name}_s1'))
+        seeds = [json.load(open(osp.join(root, 'manifest.json')))['settings']['base_seed'] for root in (zero, one)]
+        assert seeds[0] != seeds[1]
+        images = [SyntheticImageDataset(root) for root in (zero, one)]
+        for dataset in images:
+            dataset.load()
+        assert images[0].pixels.shape == images[1].pixels.shape
+        assert not torch.equal(images[0].pixels, images[1].pixels)
+    for row, name in (('noise_ptq', 'noise'), ('mimiq', 'mimiq')):
+        for seed, folder in ((0, name), (1, f'{name}_s1')):
+            config = Config.fromfile(osp.join(work, 'vit', 'runs', f'{row}_w3a3_s{seed}', 'config.py'))
+            assert config.train_cfg.synthetic_set == osp.join(work, 'vit', 'synthetic', folder)
+    data, md = load(work)
+    sets = data['synthetic_sets']
+    assert set(sets) == {'vit/synth/noise', 'vit/synth/mimiq', 'vit/synth/noise/s1', 'vit/synth/mimiq/s1'}
+    assert {(s['set_name'], s['seed']) for s in sets.values()} == {(n, k) for n in ('noise', 'mimiq') for k in (0, 1)}
+    assert sets['vit/synth/mimiq/s1']['synthesis_seed'] != sets['vit/synth/mimiq']['synthesis_seed']
+    assert data['synthetic_set_per_seed'] and 'one per teacher, set and seed' in md
+    assert re.search(r'^\| vit/synth/mimiq \| 1 \| 8 \|', md, re.M), md
+
+
+def test_a_seed_0_set_of_an_existing_work_dir_stays_done(bench, capsys):
+    """Seed 0's sets keep their keys, folders and settings: a work dir of one seed gains seed 1's
+    sets and units, and keeps everything it has."""
+    rc, log = drive(bench['args'][:-1] + ['0', '1', '--dry-run'], capsys)
+    assert rc == 0, log[-4000:]
+    for line in ('done     synth vit/synth/mimiq', 'done     quant vit/mimiq/w3a3/s0',
+                 'todo     synth vit/synth/mimiq/s1', 'blocked  quant vit/mimiq/w3a3/s1',
+                 'blocked  quant vit/noise_ptq/w3a3/s1'):
+        assert line in log, log
 
 
 def test_interrupting_the_driver_stops_its_lanes(bench, tmp_path):

@@ -46,13 +46,17 @@ def parse_args(argv, default_recipe, description):
     g.add_argument('--benchmark-config', default=default_recipe, help='the recipe (default: %(default)s)')
     g.add_argument('--stages', '--stage', nargs='+', choices=STAGES, help='stages to run (default: all)')
     g.add_argument('--only', nargs='+', metavar='GLOB', default=[],
-                   help="units to run, globs on their keys: '<teacher>/teacher', '<teacher>/synth/<set>', "
-                   "'<teacher>/<row>/<bits>/s<seed>' (e.g. 'vit/*/w3a3/*'); dependencies are not pulled in")
+                   help="units to run, globs on their keys: '<teacher>/teacher', '<teacher>/synth/<set>' (the set "
+                   "of seed 0, and with it the set's other seeds), '<teacher>/synth/<set>/s<seed>' (another seed's), "
+                   "'<teacher>/<row>/<bits>/s<seed>' (e.g. 'vit/*/w3a3/*', 'vit/synth/*/s1'); dependencies are not "
+                   "pulled in")
     g.add_argument('--teachers', nargs='+', help='teachers of the scale (default: the scale\'s)')
     g.add_argument('--rows', '--methods', nargs='+', dest='rows',
                    help="rows of the table (default: the scale's 'rows', else all)")
     g.add_argument('--bits', nargs='+', help='e.g. w3a3 w2a4, or headline / all (default: the scale\'s)')
-    g.add_argument('--seeds', nargs='+', type=int, help='fine-tuning seeds (default: the scale\'s)')
+    g.add_argument('--seeds', nargs='+', type=int, help='seeds: each fine-tunes with its own seed on synthetic sets '
+                   'made with its own seed (one shared set where the recipe says synthetic_set_per_seed = False; '
+                   'default: the scale\'s)')
     g.add_argument('--dry-run', action='store_true', help='print the plan with the status of every unit and exit')
     g = p.add_argument_group('another teacher')
     g.add_argument('--teacher-config', help='a teacher config (file or pkg::path) instead of the scale\'s teachers')

@@ -13,7 +13,7 @@ from mmengine.utils.dl_utils import collect_env
 from ..provenance import provenance
 from .lanes import UnitClaims, file_lock
 from .plan import Unit, make_plan, selected
-from .report import checks_on_rows, fmt_seconds, markdown, run_checks, summarise
+from .report import checks_on_rows, fmt_seconds, markdown, run_checks, summarise, synthetic_set_records
 from .state import EVAL_RECORD, RECORD, WorkDir, fingerprint, jsonable, now_iso, read_json, write_json
 from .stages import UnitRunner, cached_sha256
 
@@ -32,7 +32,10 @@ class Benchmark:
         recipe (Recipe): recipe and scale.
         work_dir (str): the work directory.
         teachers (dict): {name: dict(label, config, checkpoint)}.
-        rows, bits, seeds: the selection.
+        rows, bits, seeds: the selection. A seed is the fine-tuning seed of its units and the seed
+            of the synthetic sets they read (seed 0's ``<teacher>/synth/<set>``, seed s's
+            ``<teacher>/synth/<set>/s<s>``), unless the recipe shares one set by every seed
+            (``synthetic_set_per_seed = False``).
         stages (list[str]), only (list[str]): which units run (see :func:`selected`).
         data_root (str | None), image_size: see :class:`UnitRunner`.
         time_budget (float | None): seconds from now after which no unit starts and running ones
@@ -61,7 +64,8 @@ class Benchmark:
         self.claims = UnitClaims(self.work.root, f'lane {lane[0]}/{lane[1]} pid {os.getpid()}') if lane else None
         self.units = UnitRunner(recipe, self.work, teachers, self.data_root, image_size or recipe.raw['image_size'],
                                 self.deadline, workers, self.log)
-        self.plan = make_plan(teachers, recipe.rows, recipe.sets, rows, bits, seeds, recipe.seeds_of)
+        self.plan = make_plan(teachers, recipe.rows, recipe.sets, rows, bits, seeds, recipe.seeds_of,
+                              recipe.set_per_seed)
         self.evals = {u.key: u for u in self.plan if u.kind == 'eval'}
         self.counts = dict(ran=[], skipped=[], deferred=[], blocked=[], failed=[], partial=[])
         self.meta = self._open(command)
@@ -285,7 +289,7 @@ class Benchmark:
         self.save_meta()
         teachers = {r['teacher']: r for r in self.work.all_records(f'*/teacher/{EVAL_RECORD}')}
         results = self.work.all_records(f'*/runs/*/{EVAL_RECORD}')
-        sets = {r['key']: r for r in self.work.all_records(f'*/synthetic/*/{RECORD}')}
+        sets = synthetic_set_records(self.work.all_records(f'*/synthetic/*/{RECORD}'))
         summary = summarise(results, self.recipe.metrics)
         labels = {name: row['label'] for name, row in self.recipe.rows.items()}
         labels['fp'] = 'FP teacher'
@@ -305,7 +309,7 @@ class Benchmark:
                       for t, r in teachers.items()},
             teacher_names=list(dict.fromkeys(list(self.teachers) + list(teachers) + list(summary))),
             rows=rows, bits=bits, metrics=self.recipe.metrics, summary=summary, results=results,
-            synthetic_sets=sets,
+            synthetic_sets=sets, synthetic_set_per_seed=self.recipe.set_per_seed,
             checks=run_checks(checks_on_rows(self.recipe.checks, rows), summary, teachers, self.recipe.metrics,
                               labels),
             invocations=self.meta.get('invocations', []), timings=self.meta.get('timings', {}),

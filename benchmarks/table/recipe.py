@@ -17,9 +17,12 @@ from typing import List, Optional
 from mmengine.config import Config
 
 from ..paths import repo_path
-from .plan import NO_SET, reads_set
+from .plan import NO_SET, reads_set, set_seed
 
 DFQ_BASE = 'configs/_base_/mimiq_dfq.py'
+#: the synthesis seed of a set of seed s is the recipe's plus s times this: batch b draws from
+#: ``seed + b``, so sets of different seeds share no batch (a set has far fewer batches)
+SET_SEED_STRIDE = 1_000_000
 
 
 def parse_bits(tag: str):
@@ -98,6 +101,7 @@ class Recipe:
             self.scale[section][field] = value
         self.rows = data['rows']
         self.sets = data['synthetic_sets']
+        self.set_per_seed = bool(data.get('synthetic_set_per_seed', True))
         self.metrics = data['metrics']
         self.data = data['data']
         self.checks = data.get('checks', [])
@@ -139,21 +143,29 @@ class Recipe:
                         model=self.raw['teachers'].get(t, {}).get('model', {})) for t in names}
 
     # ------------------------------------------------------------------ per-unit settings
-    def set_options(self, set_name: str) -> dict:
-        """``train_cfg.synthesis`` of a synthetic set at this scale (image size and folder are
-        added by the driver). A set selected from another (``source``, ``order`` 'top' / 'bottom'
-        / 'random' by the teacher's inter-head similarity, ``fraction``) carries its source's
-        options instead."""
+    def set_seed(self, seed: int) -> int:
+        """The seed of the synthetic sets a unit of seed ``seed`` reads (``synthetic_set_per_seed``)."""
+        return set_seed(seed, self.set_per_seed)
+
+    def set_options(self, set_name: str, seed: int = 0) -> dict:
+        """``train_cfg.synthesis`` of a synthetic set of seed ``seed`` at this scale (image size
+        and folder are added by the driver): seed 0 has the recipe's synthesis seed, seed s that
+        plus s x :data:`SET_SEED_STRIDE`. A set selected from another (``source``, ``order``
+        'top' / 'bottom' / 'random' by the teacher's inter-head similarity, ``fraction``) carries
+        the options of its source of the same seed instead."""
         spec, s = dict(self.sets[set_name]), self.scale['synthesis']
+        offset = int(seed) * SET_SEED_STRIDE
         if 'source' in spec:
-            return dict(spec, fraction=float(spec.get('fraction', 0.5)), seed=int(spec.get('seed', 0)),
-                        source_options=self.set_options(spec['source']))
+            return dict(spec, fraction=float(spec.get('fraction', 0.5)), seed=int(spec.get('seed', 0)) + offset,
+                        source_options=self.set_options(spec['source'], seed))
         size_key = spec.pop('size', 'num_images')
         options = dict(self.raw.get('synthesis_common', {}), **spec)
         options.update(num_images=int(s[size_key]), batch_size=int(min(s['batch_size'], s[size_key])),
                        steps=int(s['steps']), log_interval=s.get('log_interval', 200))
         options.update(spec.get('options', {}))
         options.pop('options', None)
+        if offset:  # seed 0's options stay as they were: its sets of earlier runs stay valid
+            options['seed'] = int(options.get('seed', 0)) + offset
         return options
 
     def finetune_settings(self, teacher: Optional[str] = None) -> dict:

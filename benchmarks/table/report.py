@@ -49,6 +49,18 @@ def summarise(results, metrics):
     return summary
 
 
+def synthetic_set_records(records):
+    """{key: record} of the synthetic sets, each with its ``teacher``, ``set_name`` and ``seed``
+    (from its key: seed 0's is ``<teacher>/synth/<set>``, seed s's ``<teacher>/synth/<set>/s<s>``),
+    ordered by teacher, set and seed."""
+    out = {}
+    for rec in records:
+        teacher, _, rest = rec['key'].partition('/synth/')
+        name, _, seed = rest.partition('/')
+        out[rec['key']] = dict(rec, teacher=teacher, set_name=name, seed=int(seed[1:]) if seed else 0)
+    return dict(sorted(out.items(), key=lambda item: (item[1]['teacher'], item[1]['set_name'], item[1]['seed'])))
+
+
 def checks_on_rows(checks, rows):
     """The checks that speak only of ``rows`` (and the FP teacher): a report of some rows leaves out
     the checks of rows it does not show instead of listing them as n/a."""
@@ -193,11 +205,14 @@ def markdown(data, labels, teacher_labels):
                   f'({c["detail"]})' + (f' — {c["reason"]}' if c.get('reason') else '') for c in data['checks']]
         lines.append('')
     if data['synthetic_sets']:
-        lines += ['## Synthetic sets (one per teacher and set, shared by all bit-widths and seeds)', '',
-                  markdown_table(['set', 'images', 'steps', 'batch', 'synthesis time'],
-                                 [[k, s.get('num_images'), s.get('steps'), s.get('batch_size'),
-                                   fmt_seconds(s.get('synthesis_seconds'))]
-                                  for k, s in data['synthetic_sets'].items()]),
+        shared = ('one per teacher, set and seed: the units of a seed read the sets of that seed; shared by all '
+                  'bit-widths' if data.get('synthetic_set_per_seed', True)
+                  else 'one per teacher and set, shared by all bit-widths and seeds')
+        lines += [f'## Synthetic sets ({shared})', '',
+                  markdown_table(['set', 'seed', 'images', 'steps', 'batch', 'synthesis time'],
+                                 [[f'{s["teacher"]}/synth/{s["set_name"]}', s['seed'], s.get('num_images'),
+                                   s.get('steps'), s.get('batch_size'), fmt_seconds(s.get('synthesis_seconds'))]
+                                  for s in data['synthetic_sets'].values()]),
                   '']
     lines += ['## Wall times per stage', '',
               markdown_table(['stage', 'units', 'total', 'median'],

@@ -99,8 +99,8 @@ class UnitRunner:
         cfg.merge_from_dict(self.recipe.quant_overrides(unit.row, unit.bits, unit.seed, t))
         data = self.recipe.rows[unit.row]['data']
         cfg.train_cfg.synthesis = dict(image_size=self.image_size)
-        if reads_set(self.recipe.rows[unit.row]):  # the set its synth unit made
-            cfg.train_cfg.synthetic_set = self.work.synth_dir(t, data)
+        if reads_set(self.recipe.rows[unit.row]):  # the set its synth unit made: of its seed
+            cfg.train_cfg.synthetic_set = self.work.synth_dir(t, data, self.recipe.set_seed(unit.seed))
         cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, max_keep_ckpts=1, save_last=False,
                                             interval=int(self.recipe.finetune_settings(t).get('checkpoint_interval',
                                                                                               1000)))
@@ -189,11 +189,12 @@ class UnitRunner:
 
     def run_synth(self, unit):
         t = unit.teacher
-        options = dict(self.recipe.set_options(unit.set_name), image_size=self.image_size)
+        seed = unit.seed or 0
+        options = dict(self.recipe.set_options(unit.set_name, seed), image_size=self.image_size)
         distiller = init_model(self.distiller_config(t), device='cuda' if torch.cuda.is_available() else 'cpu')
-        root = self.work.synth_dir(t, unit.set_name)
-        if 'source' in options:
-            select_synthetic_set(distiller, self.work.synth_dir(t, options['source']), root, options)
+        root = self.work.synth_dir(t, unit.set_name, seed)
+        if 'source' in options:  # the source set of the same seed
+            select_synthetic_set(distiller, self.work.synth_dir(t, options['source'], seed), root, options)
             sset = SyntheticSet(root, load_manifest(root)['settings'])
         else:
             maker = SyntheticSetMaker.from_config(options, distiller, root=root)
@@ -203,8 +204,8 @@ class UnitRunner:
         seconds = sum(b.get('seconds') or 0 for b in sset.finished_batches().values())
         steps = options.get('steps', 0) if options.get('method') != 'noise' else 0
         method = options.get('method') or f'{options["order"]} {options["fraction"]:g} of {options["source"]}'
-        return dict(num_images=sset.num_images, steps=steps, batch_size=sset.batch_size, method=method,
-                    synthesis_seconds=round(seconds, 1),
+        return dict(set_name=unit.set_name, num_images=sset.num_images, steps=steps, batch_size=sset.batch_size,
+                    method=method, synthesis_seed=image_seed(options), synthesis_seconds=round(seconds, 1),
                     head_similarity=head_similarity_summary(distiller, SyntheticImageDataset(root)))
 
     def run_quant(self, unit):
@@ -268,7 +269,7 @@ class UnitRunner:
             return dict(config=spec['config'], teacher=schedule, data=self.recipe.data.get('train_split'))
         teacher = sha256(self.teacher_checkpoint(unit.teacher))
         if unit.kind == 'synth':
-            return dict(teacher_sha256=teacher, synthesis=self.recipe.set_options(unit.set_name),
+            return dict(teacher_sha256=teacher, synthesis=self.recipe.set_options(unit.set_name, unit.seed or 0),
                         image_size=self.image_size)
         if unit.row is None:
             return dict(teacher_sha256=teacher, data=self.recipe.data.get('test_split'))
@@ -276,10 +277,18 @@ class UnitRunner:
         quant = dict(teacher_sha256=teacher, row=copy.deepcopy(row), bits=unit.bits, seed=unit.seed,
                      overrides=self.recipe.quant_overrides(unit.row, unit.bits, unit.seed, unit.teacher))
         if reads_set(row):
-            quant['synthetic_set'] = self.settings(type(unit)('synth', unit.teacher, set_name=row['data']), sha256)
+            synth = type(unit)('synth', unit.teacher, set_name=row['data'], seed=self.recipe.set_seed(unit.seed))
+            quant['synthetic_set'] = self.settings(synth, sha256)
         if unit.kind == 'quant':
             return quant
         return dict(quant=quant, data=self.recipe.data.get('test_split'))
+
+
+def image_seed(options: dict) -> int:
+    """The synthesis seed of a set's images (of its source's, for a set selected from another)."""
+    while 'source_options' in options:
+        options = options['source_options']
+    return int(options.get('seed', 0))
 
 
 def _test_only(cfg):

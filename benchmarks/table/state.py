@@ -5,7 +5,8 @@ Layout of the work directory::
 
     bench.json                         invocations (command lines, devices) and wall times
     <teacher>/teacher/                 teacher.pth, stage.json, eval.json
-    <teacher>/synthetic/<set>/         a synthetic set (images/, manifest.json) and stage.json
+    <teacher>/synthetic/<set>/         a synthetic set (images/, manifest.json) and stage.json: seed 0's
+    <teacher>/synthetic/<set>_s<seed>/ the set of another seed (the recipe's synthetic_set_per_seed)
     <teacher>/runs/<row>_<bits>_s<seed>/   config.py, student_wXaY.pth, stage.json, eval.json
     results.md, results.json           the report
 """
@@ -65,15 +66,16 @@ class WorkDir:
     def teacher_dir(self, teacher):
         return osp.join(self.root, teacher, 'teacher')
 
-    def synth_dir(self, teacher, set_name):
-        return osp.join(self.root, teacher, 'synthetic', set_name)
+    def synth_dir(self, teacher, set_name, seed=0):
+        """Seed 0's set in ``<set>``, another seed's in ``<set>_s<seed>``."""
+        return osp.join(self.root, teacher, 'synthetic', f'{set_name}_s{seed}' if seed else set_name)
 
     def run_dir(self, teacher, row, bits, seed):
         return osp.join(self.root, teacher, 'runs', f'{row}_{bits}_s{seed}')
 
     def unit_dir(self, unit):
         if unit.kind == 'synth':
-            return self.synth_dir(unit.teacher, unit.set_name)
+            return self.synth_dir(unit.teacher, unit.set_name, unit.seed)
         if unit.row is None:
             return self.teacher_dir(unit.teacher)
         return self.run_dir(unit.teacher, unit.row, unit.bits, unit.seed)

@@ -16,9 +16,10 @@
 #   ihc        IHC synthesis (L_IHC + L_CL + L_TV) + KL = MimiQ without HAD (Table 4, row 4)
 #   mimiq      IHC synthesis + KL + HAD = MimiQ                             (Table 4, row 5)
 #   real_ft    the same QAT recipe (KL + HAD) on the real train split: the upper reference
-# The synthetic set of each synthesis method is made once per teacher (ihc and mimiq share one)
-# and reused by every bit-width and seed (train_cfg.synthesis.out_dir). The generator rows make their
-# images during fine-tuning (data='generator'); psaq_v2 evolves a copy of its set in memory.
+# The synthetic set of each synthesis method is made once per teacher and seed (ihc and mimiq share
+# one) and reused by every bit-width of that seed (train_cfg.synthetic_set; see synthetic_set_per_seed
+# below). The generator rows make their images during fine-tuning (data='generator'); psaq_v2 evolves
+# a copy of its set in memory.
 # The four baselines that train a generator or update samples keep their papers' own parts (generator,
 # its optimiser and warm-up, their losses and temperatures; the CIFAR settings of their released code)
 # and share the scale's student recipe (optimizer, iterations, batch, quantizers) with every row.
@@ -38,7 +39,7 @@ teachers = dict(
     swin=dict(label='Swin (patch 2, window 4)'),
 )
 
-# The synthetic sets, made once per teacher and shared by every row, bit-width and seed that
+# The synthetic sets, made once per teacher and seed and shared by every row and bit-width that
 # reads them: train_cfg.synthesis options; `size` names the scale's image count for the set.
 synthetic_sets = dict(
     noise=dict(method='noise', size='noise_images'),
@@ -47,6 +48,13 @@ synthetic_sets = dict(
     base=dict(method='base'),
     mimiq=dict(method='mimiq'),
 )
+
+# A seed varies the synthetic images as well as fine-tuning: the units of seed s read sets made with
+# the synthesis seed of synthesis_common plus s x 1,000,000 (seed 0's are <teacher>/synthetic/<set>,
+# seed s's <teacher>/synthetic/<set>_s<s>; a set selected from another follows its source's seed), so
+# the spread over seeds includes the synthesis' own. False: every seed reads seed 0's sets (the spread
+# of fine-tuning alone, on one shared set).
+synthetic_set_per_seed = True
 
 # The rows (insertion order = table order): the data a row quantizes with (a synthetic set or
 # 'real', the train split), whether it fine-tunes (else post-training quantization calibrated on
@@ -148,7 +156,7 @@ scales = {
                              swin='configs/cifar10/swin-cpu_p4w4_cifar10.py'),
         teacher_labels=dict(vit='ViT (DeiT-S-style heads, patch 4, class token, 6 heads, dim 96, depth 4)',
                             swin='Swin (patch 4, window 4, two stages, 3/6 heads, dim 48)'),
-        teachers=['vit'], bits=['w3a3', 'w2a4'], seeds=[0, 1],
+        teachers=['vit'], bits=['w3a3', 'w2a4'], seeds=[0, 1, 2],
         # a fixed schedule; max_seconds only guards against a runaway run (the report marks a cut teacher)
         teacher=dict(epochs=6, warmup_epochs=1, batch_size=128, lr=2e-3, weight_decay=0.05, max_seconds=3600),
         synthesis=dict(num_images=256, batch_size=64, steps=200, noise_images=128, psaq_images=32,

@@ -51,6 +51,11 @@ synthetic_sets = dict(
     psaq_pool=dict(method='psaq'),
 )
 
+# The units of seed s read sets made with synthesis seed + s x 1,000,000 (<teacher>/synthetic/<set>_s<s>;
+# seed 0's <teacher>/synthetic/<set>): the spread over seeds includes the synthesis'. False: every
+# seed reads seed 0's sets.
+synthetic_set_per_seed = True
+
 rows = dict(
     noise_ptq=dict(label='Gaussian-noise PTQ', data='noise', finetune=False),
     base=dict(label='Base synthesis (task prior + TV) + task KD', data='base', had=False),
