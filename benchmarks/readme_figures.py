@@ -118,7 +118,7 @@ def source_line(name, data):
         (invocations[0].get('device') if invocations else None) or 'machine not recorded') + ', CPU model not recorded'
     seeds = sorted({s for t in data['summary'].values() for r in t.values() for b in r.values()
                     for m in b.values() if isinstance(m, dict) for s in m.get('seeds', [])})
-    return (f"Mean ± std over seeds {', '.join(map(str, seeds))}; {machine}; {minutes:.0f} min of wall time in "
+    return (f"Seeds {', '.join(map(str, seeds))} (mean ± std where more than one); {machine}; {minutes:.0f} min of wall time in "
             f"{len(invocations)} invocation(s); [`{name[:-5]}.md`](benchmarks/results/{name[:-5]}.md).")
 
 
@@ -166,6 +166,45 @@ def dense_table(name, bits='w4a4'):
                     'teacher exactly). ' + source_line(name, data)]
 
 
+def robustness_cells(data, metric, default='mimiq', ptq='noise_ptq', fixed=('mimiq_lsq', 'mimiq_lsqplus')):
+    """Every (teacher, bits) cell of a robustness table with the default, PTQ and fixed-start means."""
+    cells = []
+    for teacher in data['teacher_names']:
+        summary = data['summary'].get(teacher, {})
+        for bits in [b for b in BITS_ORDER if b in data['bits']]:
+            value = lambda row: (((summary.get(row) or {}).get(bits) or {}).get(metric) or {}).get('mean')  # noqa: E731
+            if None in (value(default), value(ptq)) or any(value(f) is None for f in fixed):
+                continue
+            best = max(value(f) for f in fixed)
+            cells.append(dict(teacher=teacher, bits=bits, ptq=value(ptq), default=value(default),
+                              fixed=[value(f) for f in fixed], below_best_fixed=best - value(default)))
+    return cells
+
+
+def robustness_table(name, metric='accuracy/top1'):
+    """A table driver's robustness result (configs/*/robustness.py): the default recipe against
+    noise PTQ and the fixed LSQ starts per teacher and bit-width, and the three checks over its cells."""
+    data = load(name)
+    cells = robustness_cells(data, metric)
+    fp = {t: data['teachers'][t]['metrics'].get(metric) for t in data['teachers']}
+    lines = ['| teacher (FP) | bits | noise PTQ | **default** | LSQ\'s start | min-max start | default − better fixed |',
+             '|---|---|---|---|---|---|---|']
+    for c in cells:
+        lines.append(f"| {c['teacher']} ({fp.get(c['teacher']) or 0:.2f}) | {bits_label(c['bits'])} | {c['ptq']:.2f} | "
+                     f"{c['default']:.2f} | {c['fixed'][0]:.2f} | {c['fixed'][1]:.2f} | {-c['below_best_fixed']:+.2f} |")
+    if not cells:
+        return lines + ['', 'No complete cell yet.']
+    above = sum(c['default'] >= c['ptq'] for c in cells)
+    within_1 = sum(c['below_best_fixed'] <= 1 for c in cells)
+    worst = max(c['below_best_fixed'] for c in cells)
+    verdict = lambda ok: '**pass**' if ok else '**FAIL**'  # noqa: E731
+    lines += ['', f'Checks over the {len(cells)} cells: default ≥ noise PTQ in {above} ({verdict(above == len(cells))}); '
+              f'within 1 point of the better fixed start in {within_1} ({within_1 / len(cells):.0%}, '
+              f'{verdict(within_1 >= 0.9 * len(cells))} at 90 %); at most {max(worst, 0):.2f} below it '
+              f'({verdict(worst <= 3)} at 3). One seed per cell. ' + source_line(name, data)]
+    return lines
+
+
 def synthesis_steps(*names):
     """Synthesis step times (benchmarks.step_times), one row per file, speed-up over the first file."""
     records = [load(n) for n in names]
@@ -195,7 +234,8 @@ def onnx_speed(*names):
 
 
 GENERATORS = dict(demo_runs=demo_runs, digits_robustness=digits_robustness, cifar10_table=cifar10_table,
-                  dense_table=dense_table, onnx_speed=onnx_speed, synthesis_steps=synthesis_steps)
+                  dense_table=dense_table, onnx_speed=onnx_speed, synthesis_steps=synthesis_steps,
+                  robustness_table=robustness_table)
 
 
 # ----------------------------------------------------------------------------- the documents

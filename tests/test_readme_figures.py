@@ -48,3 +48,23 @@ def test_a_block_naming_a_missing_file_or_generator_says_so(tmp_path, monkeypatc
         readme_figures.render('<!-- figures: digits_robustness missing.json -->\n<!-- /figures -->')
     with pytest.raises(ValueError, match='known: '):
         readme_figures.render('<!-- figures: no_such_table x.json -->\n<!-- /figures -->')
+
+
+def _cell(mean):
+    return {'accuracy/top1': dict(mean=mean, std=0.0, n=1, seeds=[0], values=[mean])}
+
+
+def test_the_robustness_checks_are_computed_from_the_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    summary = dict(vit=dict(noise_ptq=dict(w4a4=_cell(57.0), w3a3=_cell(40.0)),
+                            mimiq=dict(w4a4=_cell(58.0), w3a3=_cell(39.0)),          # under PTQ at W3/A3
+                            mimiq_lsq=dict(w4a4=_cell(58.5), w3a3=_cell(43.5)),     # 4.5 above the default
+                            mimiq_lsqplus=dict(w4a4=_cell(50.0), w3a3=_cell(30.0))))
+    data = dict(teacher_names=['vit'], bits=['w4a4', 'w3a3'], summary=summary, invocations=[],
+                teachers=dict(vit=dict(metrics={'accuracy/top1': 61.0})))
+    (tmp_path / 'r.json').write_text(json.dumps(data))
+    text = '\n'.join(readme_figures.robustness_table('r.json'))
+    assert '| vit (61.00) | W3/A3 | 40.00 | 39.00 | 43.50 | 30.00 | -4.50 |' in text
+    assert 'default ≥ noise PTQ in 1 (**FAIL**)' in text
+    assert 'within 1 point of the better fixed start in 1 (50%, **FAIL** at 90 %)' in text
+    assert 'at most 4.50 below it (**FAIL** at 3)' in text
