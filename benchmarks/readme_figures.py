@@ -205,6 +205,22 @@ def robustness_table(name, metric='accuracy/top1'):
     return lines
 
 
+def synthesis_precision(fp32_name, bf16_name, metric='accuracy/top1'):
+    """The same table driver rows with float32 and with bf16 synthesis, side by side per bit-width."""
+    fp32, bf16 = load(fp32_name), load(bf16_name)
+    labels = row_labels(fp32, 'configs/cifar10/benchmark.py')
+    lines = ['| row, bits | float32 synthesis | bf16 synthesis | bf16 − float32 |', '|---|---|---|---|']
+    for teacher, summary in fp32['summary'].items():
+        for row in fp32['rows']:
+            for bits in [b for b in BITS_ORDER if b in fp32['bits']]:
+                a = ((summary.get(row) or {}).get(bits) or {}).get(metric)
+                b = (((bf16['summary'].get(teacher) or {}).get(row) or {}).get(bits) or {}).get(metric)
+                if a and b:
+                    lines.append(f"| {labels.get(row, row)}, {bits_label(bits)} | {cell(summary, row, bits, metric)} | "
+                                 f"{cell(bf16['summary'][teacher], row, bits, metric)} | {b['mean'] - a['mean']:+.2f} |")
+    return lines + ['', 'Float32: ' + source_line(fp32_name, fp32), '', 'bf16: ' + source_line(bf16_name, bf16)]
+
+
 def synthesis_steps(*names):
     """Synthesis step times (benchmarks.step_times), one row per file, speed-up over the first file."""
     records = [load(n) for n in names]
@@ -235,7 +251,7 @@ def onnx_speed(*names):
 
 GENERATORS = dict(demo_runs=demo_runs, digits_robustness=digits_robustness, cifar10_table=cifar10_table,
                   dense_table=dense_table, onnx_speed=onnx_speed, synthesis_steps=synthesis_steps,
-                  robustness_table=robustness_table)
+                  robustness_table=robustness_table, synthesis_precision=synthesis_precision)
 
 
 # ----------------------------------------------------------------------------- the documents
