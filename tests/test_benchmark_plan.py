@@ -100,3 +100,14 @@ def test_a_quant_unit_records_and_reads_its_seeds_set(tmp_path):
 def test_the_headline_scale_has_three_seeds():
     assert Recipe(RECIPE, 'cpu-2core').scale['seeds'] == [0, 1, 2]
     assert Recipe(RECIPE, 'gpu-30min').scale['seeds'] == [0, 1]
+
+
+def test_the_scales_synthesis_precision_reaches_every_set():
+    """`--scale-options synthesis.amp_dtype=bf16` makes bf16 sets; the scale's None means float32
+    (without the key the synthesizer's own 'auto' would decide)."""
+    default = Recipe('configs/cifar10/benchmark.py', 'cpu-2core', {})
+    forced = Recipe('configs/cifar10/benchmark.py', 'cpu-2core', {'synthesis.amp_dtype': 'bf16'})
+    for name in ('mimiq', 'base'):
+        assert default.set_options(name)['amp_dtype'] is None
+        assert forced.set_options(name)['amp_dtype'] == 'bf16'
+        assert forced.set_options(name, seed=1)['amp_dtype'] == 'bf16'

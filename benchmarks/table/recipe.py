@@ -162,6 +162,8 @@ class Recipe:
         options = dict(self.raw.get('synthesis_common', {}), **spec)
         options.update(num_images=int(s[size_key]), batch_size=int(min(s['batch_size'], s[size_key])),
                        steps=int(s['steps']), log_interval=s.get('log_interval', 200))
+        if 'amp_dtype' in s:  # the scale's synthesis precision (None: float32), else the synthesizer's 'auto'
+            options['amp_dtype'] = s['amp_dtype']
         options.update(spec.get('options', {}))
         options.pop('options', None)
         if offset:  # seed 0's options stay as they were: its sets of earlier runs stay valid
