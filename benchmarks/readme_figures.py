@@ -259,13 +259,18 @@ def documents():
     return [osp.join(REPO_ROOT, 'README.md')] + sorted(glob.glob(osp.join(REPO_ROOT, 'docs', '*.md')))
 
 
-def render(text):
-    """``text`` with every figure block regenerated."""
+def render(text, path=None):
+    """``text`` (of the document at ``path``) with every figure block regenerated; the generators'
+    links, relative to the repository root, are made relative to the document's folder."""
+    prefix = osp.relpath(REPO_ROOT, osp.dirname(osp.abspath(path))) + '/' if path else ''
+    prefix = '' if prefix == './' else prefix
+
     def block(match):
         generator, *files = match.group('spec').split()
         if generator not in GENERATORS:
             raise ValueError(f'unknown figures generator {generator!r}; known: {sorted(GENERATORS)}')
-        return match.group(1) + '\n'.join(GENERATORS[generator](*files)) + '\n' + match.group(4)
+        body = '\n'.join(GENERATORS[generator](*files)).replace('](benchmarks/', f']({prefix}benchmarks/')
+        return match.group(1) + body + '\n' + match.group(4)
     return BLOCK.sub(block, text)
 
 
@@ -276,7 +281,7 @@ def stale_documents(paths=None):
     for path in paths or documents():
         with open(path) as f:
             text = f.read()
-        fresh = render(text)
+        fresh = render(text, path)
         if fresh != text:
             diff = ''.join(difflib.unified_diff(text.splitlines(True), fresh.splitlines(True), path, 'generated'))
             out.append((path, diff))
@@ -295,7 +300,7 @@ def main(argv=None):
             with open(path) as f:
                 text = f.read()
             with open(path, 'w') as f:
-                f.write(render(text))
+                f.write(render(text, path))
         print(f'rewrote the figures of {len(stale)} document(s)')
         return 0
     for path, diff in stale:
