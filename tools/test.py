@@ -152,7 +152,7 @@ def main(argv=None) -> None:
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
         _add_fidelity_metrics(runner, args)
         runner.test()
-    release_distributed()
+    release_distributed(runner)
 
 
 if __name__ == '__main__':

@@ -40,7 +40,7 @@ def main(argv=None) -> None:
         skip_validation_without_data(cfg)
         runner = build_runner(cfg)
         runner.train()
-    release_distributed()
+    release_distributed(runner)
 
 
 if __name__ == '__main__':

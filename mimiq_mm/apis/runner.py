@@ -55,11 +55,18 @@ def prepare_distributed_without_cuda(cfg) -> None:
           'on CPU', flush=True)
 
 
-def release_distributed() -> None:
+def release_distributed(runner=None) -> None:
     """Wait for every rank, then destroy the process group before the interpreter exits. A rank
     that tears gloo down while another still works (rank 0 writing the last checkpoint) can abort
-    with 'terminate called without an active exception'."""
+    with 'terminate called without an active exception'; so can a process group that outlives
+    ``destroy_process_group`` because the runner's DDP wrapper still holds it and is only freed
+    while the interpreter shuts down. The runner's model is dropped first for that reason."""
+    import gc
+
     import torch.distributed as dist
+    if runner is not None:
+        runner.model = None  # the DDP wrapper and its reducer hold the process group
+        gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
