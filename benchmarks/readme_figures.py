@@ -91,11 +91,7 @@ RETIRED_ROWS = dict(mimiq_auto="MimiQ (its LSQ start chosen by `lsq_init='auto'`
 def row_labels(data, default_recipe):
     """{row: label} of the recipe a table driver's result was made with (its ``recipe``, a config
     of this checkout), rows since retired included."""
-    from mmengine.config import Config
-    recipe = data.get('recipe') or default_recipe
-    if osp.isabs(recipe) or not osp.isfile(osp.join(REPO_ROOT, recipe)):
-        recipe = default_recipe
-    rows = Config.fromfile(osp.join(REPO_ROOT, recipe)).rows
+    rows = recipe_rows(data, default_recipe)
     return {**RETIRED_ROWS, **{key: row.get('label', key) for key, row in rows.items()}}
 
 
@@ -205,6 +201,35 @@ def robustness_table(name, metric='accuracy/top1'):
     return lines
 
 
+def recipe_rows(data, default_recipe):
+    """The rows of the recipe a table driver's result was made with (see :func:`row_labels`)."""
+    from mmengine.config import Config
+    recipe = data.get('recipe') or default_recipe
+    if osp.isabs(recipe) or not osp.isfile(osp.join(REPO_ROOT, recipe)):
+        recipe = default_recipe
+    return Config.fromfile(osp.join(REPO_ROOT, recipe)).rows
+
+
+def row_costs(name, teacher=None):
+    """What each row of a table driver's result costs on its machine: the synthetic set it reads
+    (seed 0's, made once per seed) and its quantization unit (calibration + fine-tuning, or the
+    generator's training beside it), mean seconds."""
+    data = load(name)
+    teacher = teacher or data['teacher_names'][0]
+    labels, rows = row_labels(data, 'configs/cifar10/benchmark.py'), recipe_rows(data, 'configs/cifar10/benchmark.py')
+    timings = data.get('timings', {})
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    lines = ['| row | its synthetic set, s | quantization unit, s | units |', '|---|---|---|---|']
+    for row in data['rows']:
+        units = timings.get(f'quant/{teacher}/{row}')
+        if not units:
+            continue
+        set_seconds = timings.get(f"synth/{teacher}/{(rows.get(row) or {}).get('data')}")
+        lines.append(f"| {labels.get(row, row)} | {f'{mean(set_seconds):.0f}' if set_seconds else '—'} | "
+                     f'{mean(units):.0f} | {len(units)} |')
+    return lines + ['', f'Teacher `{teacher}`, one thread per unit; ' + source_line(name, data)]
+
+
 def synthesis_precision(fp32_name, bf16_name, metric='accuracy/top1'):
     """The same table driver rows with float32 and with bf16 synthesis, side by side per bit-width."""
     fp32, bf16 = load(fp32_name), load(bf16_name)
@@ -251,7 +276,8 @@ def onnx_speed(*names):
 
 GENERATORS = dict(demo_runs=demo_runs, digits_robustness=digits_robustness, cifar10_table=cifar10_table,
                   dense_table=dense_table, onnx_speed=onnx_speed, synthesis_steps=synthesis_steps,
-                  robustness_table=robustness_table, synthesis_precision=synthesis_precision)
+                  robustness_table=robustness_table, synthesis_precision=synthesis_precision,
+                  row_costs=row_costs)
 
 
 # ----------------------------------------------------------------------------- the documents
