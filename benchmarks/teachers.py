@@ -44,7 +44,7 @@ def load_registry(path=None) -> dict:
 def training_settings(recipe, teacher, config) -> dict:
     """What a trained teacher depends on: as the driver records it for a teacher unit."""
     schedule = recipe.teacher_settings(teacher)
-    schedule.pop('max_seconds', None)  # a guard, not part of the teacher
+    schedule.pop('max_seconds', None)  # a guard, not part of the teacher (a cut one is marked)
     return jsonable(dict(config=config, teacher=schedule, data=recipe.data.get('train_split')))
 
 

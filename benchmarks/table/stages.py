@@ -19,6 +19,8 @@ from mimiq_mm.evaluation.fidelity import SUFFIX as FIDELITY_SUFFIX
 from mimiq_mm.evaluation.fidelity import fidelity_metric, metric_list, reference_format, reference_writer
 from mimiq_mm.synthesis import SyntheticSet, SyntheticSetMaker, file_sha256, load_manifest
 from mimiq_mm.utils.wrappers import unwrap_model
+
+from ..teachers import training_settings
 from .hooks import DeadlineHook, TrainingTimeGuardHook
 from .plan import reads_set
 from .recipe import load_teacher_config, parse_bits, quantization_config
@@ -264,9 +266,7 @@ class UnitRunner:
             spec = self.teachers[unit.teacher]
             if spec['checkpoint']:
                 return dict(external_checkpoint_sha256=sha256(spec['checkpoint']))
-            schedule = self.recipe.teacher_settings(unit.teacher)
-            schedule.pop('max_seconds', None)  # a guard, not part of the teacher (a cut one is marked)
-            return dict(config=spec['config'], teacher=schedule, data=self.recipe.data.get('train_split'))
+            return training_settings(self.recipe, unit.teacher, spec['config'])  # what the registry matches
         teacher = sha256(self.teacher_checkpoint(unit.teacher))
         if unit.kind == 'synth':
             return dict(teacher_sha256=teacher, synthesis=self.recipe.set_options(unit.set_name, unit.seed or 0),
