@@ -266,6 +266,39 @@ def synthesis_steps(*names):
     return lines + ['', 'Median of the timed steps, process CPU time; from ' + ', '.join(f'`{n}`' for n in names) + '.']
 
 
+# The paper's recipe: 10K images synthesised at batch 32 for 2K steps each, fine-tuning for 200
+# epochs of the 10K images at batch 16: 10 synthesis image-steps per fine-tuning image.
+PAPER_SYNTHESIS_STEPS_PER_FT_IMAGE = (10_000 * 2_000) / (200 * 10_000)
+BASELINE_ITERATIONS = ('gdfq', 'qimera', 'adadfq', 'psaq_v2')
+
+
+def iteration_costs(name):
+    """One fine-tuning iteration of each baseline that changes its data while the student learns
+    (benchmarks.step_times: generator or sample update + student step) against MimiQ's: its QAT
+    step plus its synthesis, amortised over the paper's recipe (10 synthesis steps of each image
+    per fine-tuning image, same batch)."""
+    record = load(name)
+    steps = record['steps']
+    missing = [k for k in ('ihc', 'kd_had') + BASELINE_ITERATIONS if k not in steps]
+    if missing:
+        raise ValueError(f'{name}: no step kinds {missing} (time them with benchmarks.step_times --steps ...)')
+    synthesis = PAPER_SYNTHESIS_STEPS_PER_FT_IMAGE * steps['ihc']['ms_median']
+    rows = [('MimiQ: synthesis amortised over the paper\'s recipe + QAT step L_KL+L_HAD', synthesis,
+             steps['kd_had']['ms_median'])]
+    rows += [(steps[k]['description'], steps[k]['split']['generator_ms'], steps[k]['split']['student_ms'])
+             for k in BASELINE_ITERATIONS]
+    mimiq = synthesis + steps['kd_had']['ms_median']
+    lines = ['| one fine-tuning iteration | data (synthesis, generator or samples), ms | student step, ms | '
+             'total, ms | against MimiQ |', '|---|---|---|---|---|']
+    for label, data_ms, student_ms in rows:
+        total = data_ms + student_ms
+        lines.append(f'| {label} | {data_ms:.0f} | {student_ms:.0f} | {total:.0f} | {total / mimiq:.2f}× |')
+    threads = (record.get('provenance') or {}).get('threads')
+    return lines + ['', f"{record['model']}, batch {record['batch']}, {record['precision']}; {cpu_line(record)}, "
+                        f"{threads} thread{'s' * (threads != 1)}; medians of the timed steps (the baselines' two "
+                        f"parts timed apart); from `{name}`."]
+
+
 def onnx_speed(*names):
     """The ONNX speed table (tools/deploy/speed_table.py on the given benchmark_onnx files)."""
     paths = [osp.join(RESULTS, n) for n in names]
@@ -277,7 +310,7 @@ def onnx_speed(*names):
 GENERATORS = dict(demo_runs=demo_runs, digits_robustness=digits_robustness, cifar10_table=cifar10_table,
                   dense_table=dense_table, onnx_speed=onnx_speed, synthesis_steps=synthesis_steps,
                   robustness_table=robustness_table, synthesis_precision=synthesis_precision,
-                  row_costs=row_costs)
+                  row_costs=row_costs, iteration_costs=iteration_costs)
 
 
 # ----------------------------------------------------------------------------- the documents

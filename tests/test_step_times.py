@@ -27,7 +27,7 @@ def _tool():
 
 
 @pytest.mark.slow
-def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, capsys):
+def test_tool_times_every_step_kind_and_writes_json(tmp_path, restore_threads, capsys):
     pytest.importorskip('mmpretrain')  # a --timm-model runs through mmpretrain's TimmClassifier
     out = tmp_path / 'bench.json'
     result = _tool().main(['--timm-model', 'vit_tiny_patch16_224', '--img-size', '32', '--num-classes', '10',
@@ -37,7 +37,7 @@ def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, ca
     assert 'img-steps/s' in printed and str(out) in printed
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(result))
-    assert set(data['steps']) == {'plain', 'ihc', 'psaq', 'kd', 'kd_had'}
+    assert set(data['steps']) == {'plain', 'ihc', 'psaq', 'kd', 'kd_had', 'gdfq', 'qimera', 'adadfq', 'psaq_v2'}
     for kind, step in data['steps'].items():
         assert len(step['times_ms']) == 2, kind
         assert step['ms_median'] > 0 and step['image_steps_per_s'] > 0, kind
@@ -45,7 +45,8 @@ def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, ca
         assert all(torch.isfinite(torch.tensor(v)) for v in step['loss_terms'].values()), kind
     assert 'ihc' in data['steps']['ihc']['loss_terms'] and 'psaq' in data['steps']['psaq']['loss_terms']
     assert 'loss_had' in data['steps']['kd_had']['loss_terms'] and 'loss_had' not in data['steps']['kd']['loss_terms']
-    assert set(data['ratios']) == {'ihc_vs_plain', 'psaq_vs_plain', 'kd_had_vs_kd'}
+    assert set(data['ratios']) == {'ihc_vs_plain', 'psaq_vs_plain', 'kd_had_vs_kd'} | {
+        f'{kind}_vs_kd' for kind in ('gdfq', 'qimera', 'adadfq', 'psaq_v2')}
     assert all(r > 0 for r in data['ratios'].values())
     env = data['environment']
     assert env['torch'] == torch.__version__ and env['timm'] == timm.__version__
@@ -54,6 +55,30 @@ def test_tool_times_all_five_steps_and_writes_json(tmp_path, restore_threads, ca
     record = data['provenance']  # what the figures were made with: code, CPU kind, threads
     assert record['threads'] == 1 and record['versions']['torch'] == torch.__version__
     assert {'model', 'avx2', 'avx512', 'vnni', 'amx'} <= set(record['cpu']) and record['commit']
+
+
+@pytest.mark.parametrize('kind, log_key', [('gdfq', 'generator_loss_cl'), ('qimera', 'generator_loss_cl'),
+                                           ('adadfq', 'generator_loss_disagreement'), ('psaq_v2', 'samples_loss_disagreement')])
+def test_generator_kinds_time_the_data_step_and_the_student_step_apart(kind, log_key, tmp_path, restore_threads):
+    """A baseline's iteration = its data step (generator or sample update) + the student's step:
+    both parts are timed, and the student trains on what the data step made."""
+    pytest.importorskip('mmpretrain')
+    from benchmarks.speed import make_step, setup_from_timm
+    setup = setup_from_timm('vit_tiny_patch16_224', img_size=32, num_classes=10, timm_kwargs=TINY_VIT)
+    with torch.no_grad():
+        setup.distiller.calibrate([torch.randn(2, 3, 32, 32)])
+    step = make_step(setup, kind, batch=2, precision='fp32')
+    before = dict(step.data)
+    for _ in range(2):
+        losses = step()
+    assert log_key in losses and torch.isfinite(torch.as_tensor(losses['loss_kd']))
+    assert len(step.splits) == 2 and all(s['generator_ms'] > 0 and s['student_ms'] > 0 for s in step.splits)
+    trained_on = step.distill.data
+    assert set(trained_on) >= {'images', 'label'} and trained_on['images'].shape == (2, 3, 32, 32)
+    if kind == 'psaq_v2':  # the updated samples, not the initial pixels
+        start = (before['pixels'].float() - setup.distiller.data_preprocessor.pixel_mean) / \
+            setup.distiller.data_preprocessor.pixel_std
+        assert not torch.allclose(trained_on['images'], start)
 
 
 @pytest.mark.parametrize('kernel', ['torch', 'cpp'])

@@ -1,4 +1,4 @@
-"""Build the models of a benchmark run and time the five step kinds on them.
+"""Build the models of a benchmark run and time the step kinds on them.
 
 Step kinds:
 
@@ -6,9 +6,15 @@ Step kinds:
 * ``ihc``: MimiQ synthesis, L_IHC + L_CL + L_TV (method 'mimiq');
 * ``psaq``: PSAQ-ViT synthesis, patch-similarity entropy + L_CL + L_TV (method 'psaq');
 * ``kd``: fine-tuning the quantized student with L_KL only;
-* ``kd_had``: fine-tuning with L_KL + γ·L_HAD.
+* ``kd_had``: fine-tuning with L_KL + γ·L_HAD;
+* ``gdfq``, ``qimera``, ``adadfq``: one fine-tuning iteration of these baselines (a generator
+  update, then the student's L_KL step);
+* ``psaq_v2``: one of PSAQ-ViT V2 (a sample update against teacher-student agreement, then the
+  student's L_KL step).
 
-Ratios are step-time ratios: ``ihc`` and ``psaq`` against ``plain``, ``kd_had`` against ``kd``.
+Ratios are step-time ratios: ``ihc`` and ``psaq`` against ``plain``, ``kd_had`` and the baselines'
+iterations against ``kd``. The generator kinds also record the median time of each part
+(``split``: the generator's or samples' update, the student's step).
 """
 import gc
 import json
@@ -25,17 +31,31 @@ from mimiq_mm.utils.environment import environment
 from mimiq_mm.utils.tables import console_table
 from mimiq_mm.utils.timing import time_calls
 
-from .steps import AMP_NAMES, DistillStep, SynthesisStep
+from .steps import AMP_NAMES, DistillStep, GeneratorStep, SynthesisStep
 
-STEP_KINDS = ('plain', 'ihc', 'psaq', 'kd', 'kd_had')
+STEP_KINDS = ('plain', 'ihc', 'psaq', 'kd', 'kd_had', 'gdfq', 'qimera', 'adadfq', 'psaq_v2')
 SYNTHESIS_METHODS = {'plain': 'base', 'ihc': 'mimiq', 'psaq': 'psaq'}
-BASELINE = {'plain': None, 'ihc': 'plain', 'psaq': 'plain', 'kd': None, 'kd_had': 'kd'}
+# the baselines' per-iteration data steps, with the networks and step counts of their configs/deit
+# recipes (Qimera mixes 2 classes here so that any teacher has enough; the cost barely depends on it)
+GENERATOR_STEPS = {
+    'gdfq': dict(type='mimiq_mm.GDFQGenerator', latent_dim=100, conditioning='conditional_bn'),
+    'qimera': dict(type='mimiq_mm.QimeraGenerator', superpose_prob=0.4, superpose_classes=2, embed_init='classifier',
+                   disentangle=True, intermediate_dim=100, conditioning='conditional_bn'),
+    'adadfq': dict(type='mimiq_mm.AdaDFQGenerator', latent_dim=100, conditioning='conditional_bn'),
+    'psaq_v2': dict(type='mimiq_mm.PSAQV2SampleStep', steps=1),
+}
+BASELINE = dict({'plain': None, 'ihc': 'plain', 'psaq': 'plain', 'kd': None, 'kd_had': 'kd'},
+                **{kind: 'kd' for kind in GENERATOR_STEPS})
 DESCRIPTIONS = {
     'plain': 'synthesis L_CL+L_TV (base)',
     'ihc': 'synthesis L_IHC+L_CL+L_TV (mimiq)',
     'psaq': 'synthesis PSAQ+L_CL+L_TV',
     'kd': 'QAT step L_KL',
     'kd_had': 'QAT step L_KL+L_HAD',
+    'gdfq': 'GDFQ iteration: generator update + QAT step L_KL',
+    'qimera': 'Qimera iteration: generator update + QAT step L_KL',
+    'adadfq': 'AdaDFQ iteration: generator update + QAT step L_KL',
+    'psaq_v2': 'PSAQ-ViT V2 iteration: sample update + QAT step L_KL',
 }
 IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
@@ -109,13 +129,18 @@ def build_synthesizer(setup, method, precision, ihc=None):
     return synthesis.build_synthesizer(options, setup.distiller)
 
 
-def make_step(setup, kind, batch, precision, ihc=None, seed=0):
+def make_step(setup, kind, batch, precision, ihc=None, seed=0, timer='wall'):
     from mimiq_mm.losses import HeadAttentionDistillLoss
     if kind in SYNTHESIS_METHODS:
         synthesizer = build_synthesizer(setup, SYNTHESIS_METHODS[kind], precision, ihc)
         return SynthesisStep(synthesizer, batch, setup.num_classes, seed=seed)
     had = HeadAttentionDistillLoss(**setup.had) if kind == 'kd_had' else None
-    return DistillStep(setup.distiller, batch, setup.image_size, precision, had_loss=had, seed=seed)
+    distill = DistillStep(setup.distiller, batch, setup.image_size, precision, had_loss=had, seed=seed)
+    if kind in GENERATOR_STEPS:
+        from mimiq_mm.generators import build_generator
+        return GeneratorStep(build_generator(GENERATOR_STEPS[kind]), distill, batch, setup.image_size,
+                             setup.num_classes, seed=seed, timer=timer)
+    return distill
 
 
 def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=10, kinds=STEP_KINDS,
@@ -147,18 +172,21 @@ def run_benchmark(setup, batch, precision='fp32', device='cpu', warmup=3, iters=
         timing['description'] = DESCRIPTIONS[kind]
         timing['image_steps_per_s'] = batch * 1e3 / timing['ms_median']
         timing.setdefault('peak_memory_bytes', None)
+        if getattr(step, 'splits', None):  # of the timed calls (the warm-up's come first)
+            timed = step.splits[-iters:]
+            timing['split'] = {part: float(torch.tensor([s[part] for s in timed]).median()) for part in timed[0]}
         steps[kind] = timing
         if log:
             log(f'  {kind:7s} {timing["ms_median"]:10.2f} ms/step  {timing["image_steps_per_s"]:10.1f} img-steps/s')
 
     if interleave:
-        calls = {kind: make_step(setup, kind, batch, precision, ihc=ihc) for kind in kinds}
+        calls = {kind: make_step(setup, kind, batch, precision, ihc=ihc, timer=timer) for kind in kinds}
         for kind, timing in time_calls(calls, device, warmup=warmup, iters=iters, timer=timer).items():
             finish(kind, calls[kind], timing)
         del calls
     else:
         for kind in kinds:
-            step = make_step(setup, kind, batch, precision, ihc=ihc)
+            step = make_step(setup, kind, batch, precision, ihc=ihc, timer=timer)
             finish(kind, step, time_calls({kind: step}, device, warmup=warmup, iters=iters, timer=timer,
                                           memory=True)[kind])
             del step
@@ -184,12 +212,15 @@ def format_table(result):
     rows = []
     for kind, t in result['steps'].items():
         peak = t['peak_memory_bytes']
+        split = t.get('split')
         rows.append([kind, t['description'], f"{t['ms_median']:.2f}", f"{t['image_steps_per_s']:.1f}",
                      f"{t['ratio']:.3f}x {t['ratio_vs']}" if t['ratio'] is not None else '-',
+                     f"{split['generator_ms']:.1f} + {split['student_ms']:.1f}" if split else '-',
                      f'{peak / 2 ** 30:.2f} GiB' if peak is not None else 'n/a (cpu)'])
     title = (f"{result['model']}  batch {result['batch']}  {result['precision']}  {result['device']} "
              f"({result['environment'].get('device_name')}), timer: {result.get('timer', 'wall')}")
-    return console_table(['step', 'what', 'ms/step', 'img-steps/s', 'ratio', 'peak mem'], rows, title=title)
+    return console_table(['step', 'what', 'ms/step', 'img-steps/s', 'ratio', 'data + student ms', 'peak mem'], rows,
+                         title=title)
 
 
 def default_out_path(result, root='benchmarks/results'):

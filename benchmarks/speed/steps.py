@@ -7,6 +7,8 @@
 * :class:`DistillStep` runs one ``QuantDistiller.train_step`` (synthetic-batch preprocessing,
   teacher forward without gradients, student forward and backward, L_KL [+ γ·L_HAD], SGD step)
   through an mmengine optim wrapper, as ``DataFreeQATLoop`` does.
+* :class:`GeneratorStep` runs one iteration of a baseline that changes its data while the
+  student learns (a generator or sample update, then the :class:`DistillStep`).
 """
 import contextlib
 
@@ -78,4 +80,49 @@ class DistillStep:
         self.distiller.train()
         with self.autocast():
             self.last_losses = self.distiller.train_step(self.data, self.optim_wrapper)
+        return self.last_losses
+
+
+class GeneratorStep:
+    """One fine-tuning iteration of a method whose data changes while the student learns (GDFQ's
+    generator update, PSAQ-ViT V2's sample update), as ``DataFreeQATLoop.run_iter`` runs it: the
+    generator's ``step`` makes the student's batch, then a :class:`DistillStep` trains on it.
+    The two parts are timed apart at every call (``splits``: ms of each), to say where an
+    iteration's time goes.
+
+    Args:
+        generator: a built ``train_cfg.generator`` component (:mod:`mimiq_mm.generators`).
+        distill (DistillStep): the student's step; its batch is replaced by the generator's.
+        batch (int): labels (and, for a sample-update method, images) per iteration.
+        image_size (tuple[int, int]): (H, W).
+        num_classes (int): labels are drawn from ``range(num_classes)``.
+        seed (int): seed of the labels and the initial pixels.
+        timer (str): 'wall' or 'process' (this process's CPU time), as the whole call is timed.
+    """
+
+    def __init__(self, generator, distill, batch, image_size, num_classes, seed=0, timer='wall'):
+        import time
+        self.clock = time.process_time if timer == 'process' else time.perf_counter
+        self.generator, self.distill = generator, distill
+        distiller = distill.distiller
+        generator.setup(distiller, tuple(image_size), max_iters=1000)
+        g = torch.Generator().manual_seed(int(seed))
+        self.data = dict(label=torch.randint(int(num_classes), (batch,), generator=g))
+        if generator.data_source == 'synthetic':
+            self.data['pixels'] = distill.data['pixels']
+        self.cuda = torch.device(generator.device).type == 'cuda'
+        self.last_losses, self.splits = {}, []
+
+    def now(self):
+        if self.cuda:  # the parts are timed apart: wait for their kernels
+            torch.cuda.synchronize()
+        return self.clock()
+
+    def __call__(self):
+        start = self.now()
+        batch, log = self.generator.step(self.distill.distiller, dict(self.data))
+        middle = self.now()
+        self.distill.data = batch
+        self.last_losses = dict(self.distill(), **log)
+        self.splits.append(dict(generator_ms=(middle - start) * 1e3, student_ms=(self.now() - middle) * 1e3))
         return self.last_losses
