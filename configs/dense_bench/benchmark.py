@@ -149,7 +149,7 @@ scales = {
                                  upernet_deit='work_dirs/dense_bench/upernet-deit/teacher.pth',
                                  upernet_swin_fg='work_dirs/dense_bench/upernet-swin-fg/iter_800.pth',
                                  upernet_deit_fg='work_dirs/dense_bench/upernet-deit-fg/iter_800.pth'),
-        # the table of benchmarks/results/dense_cpu-2core.md; the other rows are studies, run by --rows
+        # the table of benchmarks/results/dense_cpu-2core_amd-epyc_2026-12-06.md; the other rows are studies, run by --rows
         teachers=['maskrcnn', 'upernet_swin_fg', 'upernet_deit_fg'],
         rows=['noise_ptq', 'base', 'ihc', 'mimiq', 'real_ft'],
         bits=['w8a8', 'w4a8', 'w4a4', 'w3a3'], seeds=[0],
