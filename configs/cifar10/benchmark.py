@@ -66,7 +66,9 @@ rows = dict(
         'model.augment': None,
         'train_cfg.generator': dict(
             type='mimiq_mm.PSAQV2SampleStep', steps=1,
-            lr=0.2, betas=(0.5, 0.9),          # PSAQ-ViT: Adam lr 0.2 (DeiT), betas (0.5, 0.9), cosine decay
+            # PSAQ-ViT's Adam betas (0.5, 0.9) and cosine decay; lr 0.02, not its synthesis lr 0.2, which
+            # drifts the written-back samples into noise (W4/A4: 31.42 against 57.76, psaq-v2-step.py)
+            lr=0.02, betas=(0.5, 0.9),
             disagreement_weight=1.0, psaq_weight=1.0, tv_weight=2.5e-5,
             class_weight=0.0)}),               # V2: no class guidance
     gdfq=dict(label='GDFQ (generator + KD + CE)', data='generator', had=False, cfg_options={

@@ -12,7 +12,7 @@ train_cfg = dict(
     generator=dict(
         type='mimiq_mm.PSAQV2SampleStep',
         steps=1,                    # sample updates per fine-tuning iteration
-        lr=0.2, betas=(0.5, 0.9),   # PSAQ-ViT: Adam lr 0.2 (DeiT), betas (0.5, 0.9), cosine decay
+        lr=0.02, betas=(0.5, 0.9),  # PSAQ-ViT's Adam betas and cosine decay; lr: see PSAQV2SampleStep
         disagreement_weight=1.0,    # -KL(teacher || student): the samples make them disagree
         psaq_weight=1.0,            # PSAQ-ViT: patch-similarity entropy, weight 1
         tv_weight=2.5e-5,           # the synthesis' total variation weight

@@ -79,7 +79,8 @@ rows = dict(
     psaq_v2=dict(label='PSAQ-ViT V2 (adaptive samples + task KD)', data='psaq_pool', had=False, cfg_options={
         'model.augment': None,
         'train_cfg.generator': dict(
-            type='mimiq_mm.PSAQV2SampleStep', steps=1, lr=0.2, betas=(0.5, 0.9),  # PSAQ-ViT's Adam settings
+            # PSAQ-ViT's Adam betas; the sample step of the CIFAR-10 table (lr 0.02, ../cifar10/psaq-v2-step.py)
+            type='mimiq_mm.PSAQV2SampleStep', steps=1, lr=0.02, betas=(0.5, 0.9),
             disagreement_weight=1.0, psaq_weight=1.0, tv_weight=2.5e-5, class_weight=0.0)}),  # V2: no class guidance
     # LSQ quantizers initialised from the min-max range (LSQ+), so fine-tuning starts at PTQ
     mimiq_lsqplus=dict(label='MimiQ, LSQ+ initialisation (fine-tuning starts at min-max PTQ)', data='mimiq',

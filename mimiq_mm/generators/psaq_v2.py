@@ -30,8 +30,11 @@ class PSAQV2SampleStep(DataGenerator):
     model-independent prior, which also serves dense models (a segmentor's per-pixel KL, a
     detector's distillation terms, see :meth:`divergence`). The V2 code is not
     published (its repository holds V1 only); this is the objective as the paper describes it,
-    the step sizes PSAQ-ViT's (Adam, lr 0.2, betas (0.5, 0.9), cosine decay, here over the
-    fine-tuning iterations).
+    with PSAQ-ViT's Adam (betas (0.5, 0.9), cosine decay, here over the fine-tuning iterations).
+    The step size is ours: a fresh Adam step moves every pixel by about ``lr`` (normalised units)
+    at each visit, and a written-back sample is visited tens of times, so PSAQ-ViT's synthesis lr
+    (0.2, meant for images grown from noise) turns the samples into noise the student cannot
+    learn from; lr 0.02 keeps them images (``configs/cifar10/psaq-v2-step.py``).
 
     Args:
         steps (int): sample updates per fine-tuning iteration.
@@ -45,7 +48,7 @@ class PSAQV2SampleStep(DataGenerator):
     """
     data_source = 'synthetic'
 
-    def __init__(self, steps=1, lr=0.2, betas=(0.5, 0.9), schedule='cosine', disagreement_weight=1.0,
+    def __init__(self, steps=1, lr=0.02, betas=(0.5, 0.9), schedule='cosine', disagreement_weight=1.0,
                  psaq_weight=1.0, psaq=None, tv_weight=2.5e-5, class_weight=0.0, write_back=True):
         if int(steps) < 1:
             raise ValueError(f'PSAQ-ViT V2 needs steps >= 1 sample update per iteration, got {steps}')
