@@ -67,7 +67,7 @@ rows = dict(
         'train_cfg.generator': dict(
             type='mimiq_mm.PSAQV2SampleStep', steps=1,
             # PSAQ-ViT's Adam betas (0.5, 0.9) and cosine decay; lr 0.02, not its synthesis lr 0.2, which
-            # drifts the written-back samples into noise (W4/A4: 31.42 against 57.76, psaq-v2-step.py)
+            # drifts the written-back samples into noise (W4/A4: 35.61 against 57.76, psaq-v2-step.py)
             lr=0.02, betas=(0.5, 0.9),
             disagreement_weight=1.0, psaq_weight=1.0, tv_weight=2.5e-5,
             class_weight=0.0)}),               # V2: no class guidance
