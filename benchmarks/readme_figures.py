@@ -177,17 +177,35 @@ def robustness_cells(data, metric, default='mimiq', ptq='noise_ptq', fixed=('mim
     return cells
 
 
-def robustness_table(name, metric='accuracy/top1'):
+def fp_value(data, teacher, metric):
+    """The full-precision teacher's ``metric`` on the scale of the table's cells (a fidelity metric's
+    is fixed: the teacher against itself)."""
+    spec = next((m for m in data.get('metrics') or [] if m['key'] == metric), {})
+    if spec.get('fp') is not None:
+        return spec['fp']
+    value = data['teachers'][teacher]['metrics'].get(metric)
+    return None if value is None else value * spec.get('scale', 1.0)
+
+
+def robustness_table(name, *metrics):
     """A table driver's robustness result (configs/*/robustness.py): the default recipe against
-    noise PTQ and the fixed LSQ starts per teacher and bit-width, and the three checks over its cells."""
+    noise PTQ and the fixed LSQ starts per teacher, bit-width and metric (default top-1), and the
+    three checks over all its cells."""
     data = load(name)
-    cells = robustness_cells(data, metric)
-    fp = {t: data['teachers'][t]['metrics'].get(metric) for t in data['teachers']}
-    lines = ['| teacher (FP) | bits | noise PTQ | **default** | LSQ\'s start | min-max start | default − better fixed |',
-             '|---|---|---|---|---|---|---|']
-    for c in cells:
-        lines.append(f"| {c['teacher']} ({fp.get(c['teacher']) or 0:.2f}) | {bits_label(c['bits'])} | {c['ptq']:.2f} | "
-                     f"{c['default']:.2f} | {c['fixed'][0]:.2f} | {c['fixed'][1]:.2f} | {-c['below_best_fixed']:+.2f} |")
+    metrics = metrics or ('accuracy/top1',)
+    names = {m['key']: m['name'] for m in data.get('metrics') or []}
+    several = len(metrics) > 1
+    lines = ['| teacher (FP) | bits | ' + 'metric | ' * several + 'noise PTQ | **default** | LSQ\'s start | '
+             'min-max start | default − better fixed |', '|---|---|' + '---|' * several + '---|---|---|---|---|']
+    cells = []
+    for metric in metrics:
+        for c in robustness_cells(data, metric):
+            cells.append(c)
+            fp = fp_value(data, c['teacher'], metric) or 0
+            lines.append(f"| {c['teacher']} ({fp:.2f}) | {bits_label(c['bits'])} | "
+                         + f"{names.get(metric, metric)} | " * several
+                         + f"{c['ptq']:.2f} | {c['default']:.2f} | {c['fixed'][0]:.2f} | {c['fixed'][1]:.2f} | "
+                           f"{-c['below_best_fixed']:+.2f} |")
     if not cells:
         return lines + ['', 'No complete cell yet.']
     above = sum(c['default'] >= c['ptq'] for c in cells)

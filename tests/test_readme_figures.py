@@ -68,3 +68,40 @@ def test_the_robustness_checks_are_computed_from_the_cells(tmp_path, monkeypatch
     assert 'default ≥ noise PTQ in 1 (**FAIL**)' in text
     assert 'within 1 point of the better fixed start in 1 (50%, **FAIL** at 90 %)' in text
     assert 'at most 4.50 below it (**FAIL** at 3)' in text
+
+
+def test_a_detector_robustness_table_checks_every_metric_on_its_own_scale(tmp_path, monkeypatch):
+    """mAP cells are stored in %, the teacher's metric as COCO gives it (0-1); fidelity's FP is 100."""
+    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+
+    def cells(box, fidelity):
+        return {'coco/bbox_mAP': dict(mean=box, std=0.0, n=1), 'teacher/bbox_mAP': dict(mean=fidelity, std=0.0, n=1)}
+    summary = dict(maskrcnn=dict(noise_ptq=dict(w4a4=cells(28.0, 52.0)), mimiq=dict(w4a4=cells(29.0, 50.0)),
+                                 mimiq_lsq=dict(w4a4=cells(29.5, 54.0)), mimiq_lsqplus=dict(w4a4=cells(27.0, 49.0))))
+    data = dict(teacher_names=['maskrcnn'], bits=['w4a4'], summary=summary, invocations=[],
+                teachers=dict(maskrcnn=dict(metrics={'coco/bbox_mAP': 0.305})),
+                metrics=[dict(key='coco/bbox_mAP', name='box mAP', scale=100.0),
+                         dict(key='teacher/bbox_mAP', name='box fidelity', scale=100.0, fp=100.0)])
+    (tmp_path / 'd.json').write_text(json.dumps(data))
+    text = '\n'.join(readme_figures.robustness_table('d.json', 'coco/bbox_mAP', 'teacher/bbox_mAP'))
+    assert '| maskrcnn (30.50) | W4/A4 | box mAP | 28.00 | 29.00 | 29.50 | 27.00 | -0.50 |' in text
+    assert '| maskrcnn (100.00) | W4/A4 | box fidelity | 52.00 | 50.00 | 54.00 | 49.00 | -4.00 |' in text
+    assert 'Checks over the 2 cells: default ≥ noise PTQ in 1 (**FAIL**)' in text
+    assert 'at most 4.00 below it (**FAIL** at 3)' in text
+
+
+def test_iteration_costs_amortise_the_synthesis_over_the_papers_recipe(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    steps = dict(ihc=dict(ms_median=100.0), psaq=dict(ms_median=90.0), kd_had=dict(ms_median=50.0))
+    for kind in readme_figures.BASELINE_ITERATIONS:
+        steps[kind] = dict(description=kind, split=dict(generator_ms=30.0, student_ms=45.0))
+    data = dict(model='m', batch=4, precision='fp32', steps=steps, provenance=dict(threads=1))
+    (tmp_path / 'i.json').write_text(json.dumps(data))
+    text = '\n'.join(readme_figures.iteration_costs('i.json'))
+    assert '| 1000 | 50 | 1050 | 1.00× |' in text  # MimiQ: 10 synthesis steps per fine-tuning image
+    assert '| gdfq | 30 | 45 | 75 | 0.07× |' in text
+    assert '| 930 | 45 | 975 | 0.93× |' in text  # PSAQ-ViT V2: its set's synthesis + its sample step
+    del steps['psaq']
+    (tmp_path / 'i.json').write_text(json.dumps(data))
+    with pytest.raises(ValueError, match='psaq'):
+        readme_figures.iteration_costs('i.json')
