@@ -11,6 +11,7 @@
   student learns (a generator or sample update, then the :class:`DistillStep`).
 """
 import contextlib
+import time
 
 import torch
 
@@ -101,7 +102,6 @@ class GeneratorStep:
     """
 
     def __init__(self, generator, distill, batch, image_size, num_classes, seed=0, timer='wall'):
-        import time
         self.clock = time.process_time if timer == 'process' else time.perf_counter
         self.generator, self.distill = generator, distill
         distiller = distill.distiller
