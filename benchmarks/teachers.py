@@ -3,11 +3,14 @@ every table run afterwards uses that same checkpoint, as the paper's tables use 
 
 ``benchmarks/teachers.json`` (committed) registers each teacher: its file name, sha256, the
 training settings it was made with (a table driver uses it for a teacher unit whose settings are
-the same), its test metric, the command that trained it and the machine. The checkpoints
+the same), its test metric, the command that trained it and the machine. A teacher trained outside
+the driver (an mmdet/mmseg model trained with ``tools/train.py`` on its config, the scale's
+``teacher_checkpoints``) is registered by its config the same way. The checkpoints
 themselves live in a teachers folder (``--teachers-dir``, default ``$MIMIQ_TEACHERS_DIR`` or
 ``~/.cache/mimiq_mm/teachers``): the CIFAR-10 terms of use keep models derived from it out of this
 repository. Where the file is absent the driver trains the teacher as before and reports how far
-it lands from the registered one; ``--retrain-teachers`` does so even when the file is there.
+it lands from the registered one (a teacher trained outside: the scale's checkpoint path is read
+and compared); ``--retrain-teachers`` does so even when the file is there.
 
   python -m benchmarks.teachers check                        # which registered files are here
   python -m benchmarks.teachers register --benchmark-config configs/cifar10/benchmark.py \\
@@ -48,6 +51,11 @@ def training_settings(recipe, teacher, config) -> dict:
     return jsonable(dict(config=config, teacher=schedule, data=recipe.data.get('train_split')))
 
 
+def outside_settings(recipe, config) -> dict:
+    """What a teacher trained outside the driver depends on: its config (the schedule is in it)."""
+    return jsonable(dict(config=config, trained_with='tools/train.py', data=recipe.data.get('train_split')))
+
+
 def registered_for(settings, registry) -> tuple:
     """(name, entry) of the registered teacher trained with ``settings``, else (None, None)."""
     for name, entry in registry.items():
@@ -57,23 +65,36 @@ def registered_for(settings, registry) -> tuple:
 
 
 def use_registered(recipe, teachers, teachers_dir, sha256, log=print, registry=None, retrain=False) -> dict:
-    """Point every teacher the driver would train at its registered checkpoint, when that file is in
-    ``teachers_dir`` with its sha256. ``teachers``: the driver's {name: spec}, changed in place.
-    Returns {teacher: (registry name, entry)} of the teachers that match an entry but are trained
-    here (file absent, or ``retrain``): the report compares them with the registered metric."""
+    """Point every teacher the driver would train, or read from the scale's ``teacher_checkpoints``,
+    at its registered checkpoint, when that file is in ``teachers_dir`` with its sha256.
+    ``teachers``: the driver's {name: spec}, changed in place. Returns {teacher: (registry name,
+    entry)} of the teachers that match an entry but are trained here, or read from another file
+    (registered file absent, or ``retrain``): the report compares them with the registered metric."""
     registry = load_registry() if registry is None else registry
     compare = {}
     for t, spec in teachers.items():
-        if spec.get('checkpoint'):
-            continue
-        name, entry = registered_for(training_settings(recipe, t, spec['config']), registry)
+        outside = spec.get('checkpoint')  # the scale's teacher_checkpoints: trained with tools/train.py
+        settings = outside_settings(recipe, spec['config']) if outside else training_settings(recipe, t, spec['config'])
+        name, entry = registered_for(settings, registry)
         if entry is None:
             continue
         path = osp.join(teachers_dir, entry['file'])
+        metric = entry['metric']
+        registered = f"the registered teacher {name!r} ({metric['name']} {metric['value']:.{_digits(metric['value'])}f})"
         if retrain or not osp.isfile(path):
             why = '--retrain-teachers' if retrain else f'{path} not found'
-            log(f"teacher {t}: the registered teacher {name!r} ({entry['metric']['name']} "
-                f"{entry['metric']['value']:.2f}) is not used ({why}); training it here and comparing")
+            if not outside:
+                log(f'teacher {t}: {registered} is not used ({why}); training it here and comparing')
+            elif not osp.isfile(outside):
+                raise FileNotFoundError(
+                    f"teacher {t}: neither {registered} ({path}) nor the scale's checkpoint {outside} is there; "
+                    f"put the registered file (sha256 {entry['sha256'][:12]}…) in {teachers_dir}, or train it with "
+                    f"`{entry['trained_by']}` and pass its checkpoint")
+            elif sha256(outside) == entry['sha256']:
+                log(f'teacher {t}: {registered}, read from {outside}')
+                continue
+            else:
+                log(f'teacher {t}: {registered} is not used ({why}); reading {outside} and comparing')
             compare[t] = (name, entry)
             continue
         digest = sha256(path)
@@ -81,9 +102,13 @@ def use_registered(recipe, teachers, teachers_dir, sha256, log=print, registry=N
             raise ValueError(f"{path}: sha256 {digest[:12]}… is not the registered {entry['sha256'][:12]}… of teacher "
                              f"{name!r}; put the registered file there, or pass --retrain-teachers to train a new one")
         spec['checkpoint'] = path
-        log(f"teacher {t}: the registered teacher {name!r} ({path}, {entry['metric']['name']} "
-            f"{entry['metric']['value']:.2f})")
+        log(f'teacher {t}: {registered}, {path}')
     return compare
+
+
+def _digits(value) -> int:
+    """Decimals to print a registered metric with: a % metric, or a COCO mAP in 0-1."""
+    return 2 if abs(value) >= 1 else 3
 
 
 def distance_lines(compare, results) -> list:
@@ -95,8 +120,9 @@ def distance_lines(compare, results) -> list:
         if value is None:
             lines.append(f'teacher {t}: not evaluated yet, nothing to compare with {name!r}')
         else:
-            lines.append(f"teacher {t}: {metric['name']} {value:.2f} here against {metric['value']:.2f} for the "
-                         f"registered {name!r} ({value - metric['value']:+.2f})")
+            digits = _digits(metric['value'])
+            lines.append(f"teacher {t}: {metric['name']} {value:.{digits}f} here against {metric['value']:.{digits}f} "
+                         f"for the registered {name!r} ({value - metric['value']:+.{digits}f})")
     return lines
 
 
@@ -106,7 +132,8 @@ def register(args):
     from .table.stages import cached_sha256
     recipe = Recipe(args.benchmark_config, args.scale, {})
     config = recipe.scale['teacher_configs'][args.teacher]
-    settings = training_settings(recipe, args.teacher, config)
+    trained_outside = args.teacher in recipe.scale.get('teacher_checkpoints', {})
+    settings = outside_settings(recipe, config) if trained_outside else training_settings(recipe, args.teacher, config)
     metric_name, value = args.metric.split('=')
     file_name = f'{args.name or recipe.name + "_" + args.teacher}.pth'
     os.makedirs(args.teachers_dir, exist_ok=True)
@@ -132,7 +159,8 @@ def check(args):
         path = osp.join(args.teachers_dir, entry['file'])
         status = ('ok' if cached_sha256(path) == entry['sha256'] else 'DIFFERENT FILE') if osp.isfile(path) else 'missing'
         missing += status != 'ok'
-        print(f"{name:24s} {status:14s} {entry['metric']['name']} {entry['metric']['value']:.2f}  {path}")
+        metric = entry['metric']
+        print(f"{name:30s} {status:14s} {metric['name']} {metric['value']:.{_digits(metric['value'])}f}  {path}")
     return 1 if missing else 0
 
 

@@ -144,7 +144,8 @@ scales = {
                              upernet_deit='configs/dense_bench/upernet_deit-e192-p8_digits.py',
                              upernet_swin_fg='configs/dense_bench/upernet_swin-e48-w4_digits-fg.py',
                              upernet_deit_fg='configs/dense_bench/upernet_deit-e192-p8_digits-fg.py'),
-        # trained with tools/train.py (benchmarks/dense/README.md, "Reproduce")
+        # trained with tools/train.py (benchmarks/dense/README.md, "Reproduce"); the registered ones
+        # (benchmarks/teachers.json) are read from the teachers folder instead when they are there
         teacher_checkpoints=dict(maskrcnn='work_dirs/dense_bench/mask-rcnn/iter_1800.pth',
                                  upernet_swin='work_dirs/dense_bench/upernet-swin/teacher.pth',
                                  upernet_deit='work_dirs/dense_bench/upernet-deit/teacher.pth',
