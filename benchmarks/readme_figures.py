@@ -187,25 +187,36 @@ def fp_value(data, teacher, metric):
     return None if value is None else value * spec.get('scale', 1.0)
 
 
-def robustness_table(name, *metrics):
-    """A table driver's robustness result (configs/*/robustness.py): the default recipe against
-    noise PTQ and the fixed LSQ starts per teacher, bit-width and metric (default top-1), and the
-    three checks over all its cells."""
-    data = load(name)
-    metrics = metrics or ('accuracy/top1',)
-    names = {m['key']: m['name'] for m in data.get('metrics') or []}
-    several = len(metrics) > 1
-    lines = ['| teacher (FP) | bits | ' + 'metric | ' * several + 'noise PTQ | **default** | LSQ\'s start | '
-             'min-max start | default − better fixed |', '|---|---|' + '---|' * several + '---|---|---|---|---|']
+def unit_threads(data, row='mimiq'):
+    """The CPU threads of each unit of ``row`` (its records' device string), e.g. '1', or '1, 2'."""
+    found = {m.group(1) for r in data.get('results') or [] if r.get('row') == row
+             for m in [re.search(r'(\d+) threads?\)', r.get('device') or '')] if m}
+    return ', '.join(sorted(found, key=int)) or '?'
+
+
+def robustness_table(*args):
+    """Table driver robustness results (configs/*/robustness.py): the default recipe against noise
+    PTQ and the fixed LSQ starts per teacher, bit-width and metric (default top-1), and the three
+    checks over all their cells. ``args``: result files (``*.json``; with several, e.g. one per
+    thread count, a column gives each cell's threads), then the metrics."""
+    file_names = [a for a in args if a.endswith('.json')]
+    metrics = [a for a in args if not a.endswith('.json')] or ['accuracy/top1']
+    files = [(name, load(name)) for name in file_names]
+    several, threads = len(metrics) > 1, len(files) > 1
+    lines = ['| ' + 'threads | ' * threads + 'teacher (FP) | bits | ' + 'metric | ' * several
+             + 'noise PTQ | **default** | LSQ\'s start | min-max start | default − better fixed |',
+             '|' + '---|' * threads + '---|---|' + '---|' * several + '---|---|---|---|---|']
     cells = []
-    for metric in metrics:
-        for c in robustness_cells(data, metric):
-            cells.append(c)
-            fp = fp_value(data, c['teacher'], metric) or 0
-            lines.append(f"| {c['teacher']} ({fp:.2f}) | {bits_label(c['bits'])} | "
-                         + f"{names.get(metric, metric)} | " * several
-                         + f"{c['ptq']:.2f} | {c['default']:.2f} | {c['fixed'][0]:.2f} | {c['fixed'][1]:.2f} | "
-                           f"{-c['below_best_fixed']:+.2f} |")
+    for name, data in files:
+        metric_names = {m['key']: m['name'] for m in data.get('metrics') or []}
+        for metric in metrics:
+            for c in robustness_cells(data, metric):
+                cells.append(c)
+                fp = fp_value(data, c['teacher'], metric) or 0
+                lines.append('| ' + f'{unit_threads(data)} | ' * threads + f"{c['teacher']} ({fp:.2f}) | "
+                             f"{bits_label(c['bits'])} | " + f"{metric_names.get(metric, metric)} | " * several
+                             + f"{c['ptq']:.2f} | {c['default']:.2f} | {c['fixed'][0]:.2f} | {c['fixed'][1]:.2f} | "
+                               f"{-c['below_best_fixed']:+.2f} |")
     if not cells:
         return lines + ['', 'No complete cell yet.']
     above = sum(c['default'] >= c['ptq'] for c in cells)
@@ -215,8 +226,11 @@ def robustness_table(name, *metrics):
     lines += ['', f'Checks over the {len(cells)} cells: default ≥ noise PTQ in {above} ({verdict(above == len(cells))}); '
               f'within 1 point of the better fixed start in {within_1} ({within_1 / len(cells):.0%}, '
               f'{verdict(within_1 >= 0.9 * len(cells))} at 90 %); at most {max(worst, 0):.2f} below it '
-              f'({verdict(worst <= 3)} at 3). One seed per cell. ' + source_line(name, data)]
-    return lines
+              f'({verdict(worst <= 3)} at 3). One seed per cell.']
+    if not threads:
+        return lines[:-1] + [lines[-1] + ' ' + source_line(*files[0])]
+    return lines + [''] + [f'- {unit_threads(data)} thread(s) per unit: ' + source_line(name, data)
+                           for name, data in files]
 
 
 def recipe_rows(data, default_recipe):

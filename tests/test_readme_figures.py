@@ -70,6 +70,22 @@ def test_the_robustness_checks_are_computed_from_the_cells(tmp_path, monkeypatch
     assert 'at most 4.50 below it (**FAIL** at 3)' in text
 
 
+def test_robustness_files_of_two_thread_counts_make_one_table_checked_over_all_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    for threads, default in ((1, 58.0), (2, 56.0)):  # two threads: under PTQ
+        summary = dict(vit=dict(noise_ptq=dict(w4a4=_cell(57.0)), mimiq=dict(w4a4=_cell(default)),
+                                mimiq_lsq=dict(w4a4=_cell(58.2)), mimiq_lsqplus=dict(w4a4=_cell(50.0))))
+        records = [dict(row='mimiq', device=f'CPU (2 cores, {threads} threads), torch 2')]
+        data = dict(teacher_names=['vit'], bits=['w4a4'], summary=summary, invocations=[], results=records,
+                    teachers=dict(vit=dict(metrics={'accuracy/top1': 61.0})))
+        (tmp_path / f't{threads}.json').write_text(json.dumps(data))
+    text = '\n'.join(readme_figures.robustness_table('t1.json', 't2.json'))
+    assert '| 1 | vit (61.00) | W4/A4 | 57.00 | 58.00 | 58.20 | 50.00 | -0.20 |' in text
+    assert '| 2 | vit (61.00) | W4/A4 | 57.00 | 56.00 | 58.20 | 50.00 | -2.20 |' in text
+    assert 'Checks over the 2 cells: default ≥ noise PTQ in 1 (**FAIL**)' in text
+    assert '- 2 thread(s) per unit: ' in text and '[`t2.md`]' in text
+
+
 def test_a_detector_robustness_table_checks_every_metric_on_its_own_scale(tmp_path, monkeypatch):
     """mAP cells are stored in %, the teacher's metric as COCO gives it (0-1); fidelity's FP is 100."""
     monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
