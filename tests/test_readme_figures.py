@@ -4,6 +4,7 @@ import json
 import pytest
 
 from benchmarks import readme_figures
+from benchmarks.figures import robustness, sources, speed
 
 
 def test_every_generated_table_matches_its_result_files():
@@ -23,7 +24,7 @@ def _robustness_file(results, mimiq):
 def test_a_figure_typed_over_is_reported_and_rewritten(tmp_path, monkeypatch):
     results = tmp_path / 'results'
     results.mkdir()
-    monkeypatch.setattr(readme_figures, 'RESULTS', str(results))
+    monkeypatch.setattr(sources, 'RESULTS', str(results))
     _robustness_file(results, mimiq=91.65)
     doc = tmp_path / 'README.md'
     doc.write_text('intro\n<!-- figures: digits_robustness robustness.json -->\nold\n<!-- /figures -->\nafter\n')
@@ -43,7 +44,7 @@ def test_a_figure_typed_over_is_reported_and_rewritten(tmp_path, monkeypatch):
 
 
 def test_a_block_naming_a_missing_file_or_generator_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    monkeypatch.setattr(sources, 'RESULTS', str(tmp_path))
     with pytest.raises(FileNotFoundError, match='missing.json'):
         readme_figures.render('<!-- figures: digits_robustness missing.json -->\n<!-- /figures -->')
     with pytest.raises(ValueError, match='known: '):
@@ -55,7 +56,7 @@ def _cell(mean):
 
 
 def test_the_robustness_checks_are_computed_from_the_cells(tmp_path, monkeypatch):
-    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    monkeypatch.setattr(sources, 'RESULTS', str(tmp_path))
     summary = dict(vit=dict(noise_ptq=dict(w4a4=_cell(57.0), w3a3=_cell(40.0)),
                             mimiq=dict(w4a4=_cell(58.0), w3a3=_cell(39.0)),          # under PTQ at W3/A3
                             mimiq_lsq=dict(w4a4=_cell(58.5), w3a3=_cell(43.5)),     # 4.5 above the default
@@ -63,7 +64,7 @@ def test_the_robustness_checks_are_computed_from_the_cells(tmp_path, monkeypatch
     data = dict(teacher_names=['vit'], bits=['w4a4', 'w3a3'], summary=summary, invocations=[],
                 teachers=dict(vit=dict(metrics={'accuracy/top1': 61.0})))
     (tmp_path / 'r.json').write_text(json.dumps(data))
-    text = '\n'.join(readme_figures.robustness_table('r.json'))
+    text = '\n'.join(robustness.robustness_table('r.json'))
     assert '| vit (61.00) | W3/A3 | 40.00 | 39.00 | 43.50 | 30.00 | -4.50 |' in text
     assert 'default ≥ noise PTQ in 1 (**FAIL**)' in text
     assert 'within 1 point of the better fixed start in 1 (50%, **FAIL** at 90 %)' in text
@@ -71,7 +72,7 @@ def test_the_robustness_checks_are_computed_from_the_cells(tmp_path, monkeypatch
 
 
 def test_robustness_files_of_two_thread_counts_make_one_table_checked_over_all_cells(tmp_path, monkeypatch):
-    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    monkeypatch.setattr(sources, 'RESULTS', str(tmp_path))
     for threads, default in ((1, 58.0), (2, 56.0)):  # two threads: under PTQ
         summary = dict(vit=dict(noise_ptq=dict(w4a4=_cell(57.0)), mimiq=dict(w4a4=_cell(default)),
                                 mimiq_lsq=dict(w4a4=_cell(58.2)), mimiq_lsqplus=dict(w4a4=_cell(50.0))))
@@ -79,16 +80,31 @@ def test_robustness_files_of_two_thread_counts_make_one_table_checked_over_all_c
         data = dict(teacher_names=['vit'], bits=['w4a4'], summary=summary, invocations=[], results=records,
                     teachers=dict(vit=dict(metrics={'accuracy/top1': 61.0})))
         (tmp_path / f't{threads}.json').write_text(json.dumps(data))
-    text = '\n'.join(readme_figures.robustness_table('t1.json', 't2.json'))
+    text = '\n'.join(robustness.robustness_table('t1.json', 't2.json'))
     assert '| 1 | vit (61.00) | W4/A4 | 57.00 | 58.00 | 58.20 | 50.00 | -0.20 |' in text
     assert '| 2 | vit (61.00) | W4/A4 | 57.00 | 56.00 | 58.20 | 50.00 | -2.20 |' in text
     assert 'Checks over the 2 cells: default ≥ noise PTQ in 1 (**FAIL**)' in text
     assert '- 2 thread(s) per unit: ' in text and '[`t2.md`]' in text
 
 
+def test_the_robustness_summary_pools_the_digits_runs_and_a_driver_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, 'RESULTS', str(tmp_path))
+    _robustness_file(tmp_path, mimiq=91.65)  # digits, one thread: 1.11 under the LSQ start
+    summary = dict(vit=dict(noise_ptq=dict(w4a4=_cell(57.0)), mimiq=dict(w4a4=_cell(56.5)),  # under PTQ
+                            mimiq_lsq=dict(w4a4=_cell(56.0)), mimiq_lsqplus=dict(w4a4=_cell(55.0))))
+    data = dict(benchmark='cifar10-robustness', teacher_names=['vit'], bits=['w4a4'], summary=summary,
+                invocations=[], results=[dict(row='mimiq', device='CPU (2 cores, 2 threads)')],
+                teachers=dict(vit=dict(metrics={'accuracy/top1': 61.0})))
+    (tmp_path / 'r.json').write_text(json.dumps(data))
+    text = '\n'.join(robustness.robustness_summary('robustness.json', 'r.json'))
+    assert '| digits demo teacher | 1 | 1 | 1 | 0 | 1.11 |' in text
+    assert '| cifar10-robustness: vit | 2 | 1 | 0 | 1 | 0.00 |' in text
+    assert '| **all** | | 2 | 1 (**FAIL**) | 1, 50% (**FAIL** at 90 %) | 1.11 (**pass** at 3) |' in text
+
+
 def test_a_detector_robustness_table_checks_every_metric_on_its_own_scale(tmp_path, monkeypatch):
     """mAP cells are stored in %, the teacher's metric as COCO gives it (0-1); fidelity's FP is 100."""
-    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    monkeypatch.setattr(sources, 'RESULTS', str(tmp_path))
 
     def cells(box, fidelity):
         return {'coco/bbox_mAP': dict(mean=box, std=0.0, n=1), 'teacher/bbox_mAP': dict(mean=fidelity, std=0.0, n=1)}
@@ -99,7 +115,7 @@ def test_a_detector_robustness_table_checks_every_metric_on_its_own_scale(tmp_pa
                 metrics=[dict(key='coco/bbox_mAP', name='box mAP', scale=100.0),
                          dict(key='teacher/bbox_mAP', name='box fidelity', scale=100.0, fp=100.0)])
     (tmp_path / 'd.json').write_text(json.dumps(data))
-    text = '\n'.join(readme_figures.robustness_table('d.json', 'coco/bbox_mAP', 'teacher/bbox_mAP'))
+    text = '\n'.join(robustness.robustness_table('d.json', 'coco/bbox_mAP', 'teacher/bbox_mAP'))
     assert '| maskrcnn (30.50) | W4/A4 | box mAP | 28.00 | 29.00 | 29.50 | 27.00 | -0.50 |' in text
     assert '| maskrcnn (100.00) | W4/A4 | box fidelity | 52.00 | 50.00 | 54.00 | 49.00 | -4.00 |' in text
     assert 'Checks over the 2 cells: default ≥ noise PTQ in 1 (**FAIL**)' in text
@@ -107,17 +123,17 @@ def test_a_detector_robustness_table_checks_every_metric_on_its_own_scale(tmp_pa
 
 
 def test_iteration_costs_amortise_the_synthesis_over_the_papers_recipe(tmp_path, monkeypatch):
-    monkeypatch.setattr(readme_figures, 'RESULTS', str(tmp_path))
+    monkeypatch.setattr(sources, 'RESULTS', str(tmp_path))
     steps = dict(ihc=dict(ms_median=100.0), psaq=dict(ms_median=90.0), kd_had=dict(ms_median=50.0))
-    for kind in readme_figures.BASELINE_ITERATIONS:
+    for kind in speed.BASELINE_ITERATIONS:
         steps[kind] = dict(description=kind, split=dict(generator_ms=30.0, student_ms=45.0))
     data = dict(model='m', batch=4, precision='fp32', steps=steps, provenance=dict(threads=1))
     (tmp_path / 'i.json').write_text(json.dumps(data))
-    text = '\n'.join(readme_figures.iteration_costs('i.json'))
+    text = '\n'.join(speed.iteration_costs('i.json'))
     assert '| 1000 | 50 | 1050 | 1.00× |' in text  # MimiQ: 10 synthesis steps per fine-tuning image
     assert '| gdfq | 30 | 45 | 75 | 0.07× |' in text
     assert '| 930 | 45 | 975 | 0.93× |' in text  # PSAQ-ViT V2: its set's synthesis + its sample step
     del steps['psaq']
     (tmp_path / 'i.json').write_text(json.dumps(data))
     with pytest.raises(ValueError, match='psaq'):
-        readme_figures.iteration_costs('i.json')
+        speed.iteration_costs('i.json')
