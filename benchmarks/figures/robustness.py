@@ -43,6 +43,16 @@ def fp_value(data, teacher, metric):
     return None if value is None else value * spec.get('scale', 1.0)
 
 
+def check_counts(cells) -> tuple:
+    """(cells, default ≥ noise PTQ, default within 1 of the better fixed start, most below it)."""
+    return (len(cells), sum(c['default'] >= c['ptq'] for c in cells),
+            sum(c['below_best_fixed'] <= 1 for c in cells), max(c['below_best_fixed'] for c in cells))
+
+
+def verdict(ok) -> str:
+    return '**pass**' if ok else '**FAIL**'
+
+
 def unit_threads(data, row='mimiq'):
     """The CPU threads of each unit of ``row`` (its records' device string), e.g. '1', or '1, 2'."""
     found = {m.group(1) for r in data.get('results') or [] if r.get('row') == row
@@ -75,13 +85,10 @@ def robustness_table(*args):
                                f"{-c['below_best_fixed']:+.2f} |")
     if not cells:
         return lines + ['', 'No complete cell yet.']
-    above = sum(c['default'] >= c['ptq'] for c in cells)
-    within_1 = sum(c['below_best_fixed'] <= 1 for c in cells)
-    worst = max(c['below_best_fixed'] for c in cells)
-    verdict = lambda ok: '**pass**' if ok else '**FAIL**'  # noqa: E731
-    lines += ['', f'Checks over the {len(cells)} cells: default ≥ noise PTQ in {above} ({verdict(above == len(cells))}); '
-              f'within 1 point of the better fixed start in {within_1} ({within_1 / len(cells):.0%}, '
-              f'{verdict(within_1 >= 0.9 * len(cells))} at 90 %); at most {max(worst, 0):.2f} below it '
+    n, above, within_1, worst = check_counts(cells)
+    lines += ['', f'Checks over the {n} cells: default ≥ noise PTQ in {above} ({verdict(above == n)}); '
+              f'within 1 point of the better fixed start in {within_1} ({within_1 / n:.0%}, '
+              f'{verdict(within_1 >= 0.9 * n)} at 90 %); at most {max(worst, 0):.2f} below it '
               f'({verdict(worst <= 3)} at 3). One seed per cell.']
     if not threads:
         return lines[:-1] + [lines[-1] + ' ' + source_line(*files[0])]
@@ -106,7 +113,6 @@ def file_cells(name):
 
 def robustness_summary(*names):
     """The three checks of the robustness tables per file and thread count, and pooled over all."""
-    verdict = lambda ok: '**pass**' if ok else '**FAIL**'  # noqa: E731
     lines = ['| table | threads | cells | default ≥ noise PTQ | within 1 point of the better fixed start | '
              'most below it |', '|---|---|---|---|---|---|']
     pooled = []
@@ -115,16 +121,12 @@ def robustness_summary(*names):
             if not cells:
                 continue
             pooled += cells
-            worst = max(c['below_best_fixed'] for c in cells)
-            lines.append(f"| {label} | {threads} | {len(cells)} | {sum(c['default'] >= c['ptq'] for c in cells)} | "
-                         f"{sum(c['below_best_fixed'] <= 1 for c in cells)} | {max(worst, 0):.2f} |")
+            n, above, within_1, worst = check_counts(cells)
+            lines.append(f'| {label} | {threads} | {n} | {above} | {within_1} | {max(worst, 0):.2f} |')
     if not pooled:
         return lines + ['', 'No complete cell yet.']
-    above = sum(c['default'] >= c['ptq'] for c in pooled)
-    within_1 = sum(c['below_best_fixed'] <= 1 for c in pooled)
-    worst = max(c['below_best_fixed'] for c in pooled)
-    lines.append(f'| **all** | | {len(pooled)} | {above} ({verdict(above == len(pooled))}) | {within_1}, '
-                 f'{within_1 / len(pooled):.0%} ({verdict(within_1 >= 0.9 * len(pooled))} at 90 %) | '
-                 f'{max(worst, 0):.2f} ({verdict(worst <= 3)} at 3) |')
+    n, above, within_1, worst = check_counts(pooled)
+    lines.append(f'| **all** | | {n} | {above} ({verdict(above == n)}) | {within_1}, {within_1 / n:.0%} '
+                 f'({verdict(within_1 >= 0.9 * n)} at 90 %) | {max(worst, 0):.2f} ({verdict(worst <= 3)} at 3) |')
     cpus = sorted({cpu_line(load(n)) for n in names})
     return lines + ['', f"One seed per cell; {'; '.join(cpus)}; from " + ', '.join(f'`{n}`' for n in names) + '.']
