@@ -2,8 +2,8 @@
 # CIFAR-10 teachers: the default recipe (LSQ activations started where their quantization error on
 # the calibration batches is smallest, weight ranges clipped the same way) against Gaussian-noise PTQ
 # and against the two fixed LSQ starts it replaced as default, at W4/A4, W3/A3 and W2/A4, run once
-# with two one-thread lanes (--jobs 2) and once on two threads (--jobs 1). Commands and results:
-# benchmarks/cifar10/README.md ("Defaults that never lose").
+# with two one-thread lanes (--jobs 2) and once on two threads (--jobs 1). Commands and result files:
+# benchmarks/README.md ("defaults robustness, CIFAR-10"); every cell: docs/benchmarks.md.
 _base_ = ['./benchmark.py']
 
 benchmark = 'cifar10-robustness'
