@@ -75,11 +75,12 @@ def robustness_table(*args):
     cells = []
     for name, data in files:
         metric_names = {m['key']: m['name'] for m in data.get('metrics') or []}
+        threads_cell = f'{unit_threads(data)} | ' * threads
         for metric in metrics:
             for c in robustness_cells(data, metric):
                 cells.append(c)
                 fp = fp_value(data, c['teacher'], metric) or 0
-                lines.append('| ' + f'{unit_threads(data)} | ' * threads + f"{c['teacher']} ({fp:.2f}) | "
+                lines.append('| ' + threads_cell + f"{c['teacher']} ({fp:.2f}) | "
                              f"{bits_label(c['bits'])} | " + f"{metric_names.get(metric, metric)} | " * several
                              + f"{c['ptq']:.2f} | {c['default']:.2f} | {c['fixed'][0]:.2f} | {c['fixed'][1]:.2f} | "
                                f"{-c['below_best_fixed']:+.2f} |")
