@@ -36,6 +36,8 @@ class QuantConfig:
             clipped range with the smallest quantization error on the calibration batches),
             'mean_abs' (LSQ: ``2·mean|x|/√q_max``, the notes' lineage) or 'minmax' (the min-max
             PTQ range; fine-tuning from it can end far below it, benchmarks/cifar10/README.md).
+        module_lsq_init (dict): regexes of module names → LSQ start of the activation quantizers
+            of those modules (the first that matches); the others start by ``lsq_init``.
         w_fit (str): weight ranges: 'mse' (default; per channel, the clipping with the smallest
             quantization error, fitted on the weight itself) or 'minmax' (the notes' lineage).
         keep_first_last_8bit (bool): keep the first and last layer at 8 bits.
@@ -46,6 +48,7 @@ class QuantConfig:
     a_bits: int = 4
     act_method: str = 'lsq'
     lsq_init: str = 'mse'
+    module_lsq_init: dict = field(default_factory=dict)
     w_fit: str = 'mse'
     keep_first_last_8bit: bool = False
     quantize_attention: bool = True
@@ -59,6 +62,9 @@ class QuantConfig:
         if self.lsq_init not in LSQ_INITS:
             hint = "; 'auto' (a choice between two starts) was replaced by 'mse'" if self.lsq_init == 'auto' else ''
             raise ValueError(f'lsq_init must be one of {list(LSQ_INITS)} (got {self.lsq_init!r}){hint}')
+        for pattern, init in dict(self.module_lsq_init).items():
+            if init not in LSQ_INITS:
+                raise ValueError(f'module_lsq_init[{pattern!r}] must be one of {list(LSQ_INITS)} (got {init!r})')
         if self.w_fit not in WEIGHT_FITS:
             raise ValueError(f'w_fit must be one of {list(WEIGHT_FITS)} (got {self.w_fit!r})')
 
@@ -88,6 +94,12 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
     """
     cfg = QuantConfig.from_any(cfg if cfg is not None else kwargs)
     skip = [re.compile(p) for p in cfg.skip]
+    starts = [(re.compile(p), init) for p, init in dict(cfg.module_lsq_init).items()]
+
+    def act_quantizer(name, bits):
+        init = next((i for p, i in starts if p.search(name)), cfg.lsq_init)
+        return build_act_quantizer(bits, cfg.act_method, init)
+
     if cfg.quantize_attention:
         install_attention_capture(model)
     layers = [(n, m) for n, m in _weight_layers(model) if not any(p.search(n) for p in skip)]
@@ -100,7 +112,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         weight = module.in_proj_weight if isinstance(module, PackedInProjection) else module.weight
         weight_q = WeightQuantizer(w_bits, channels=weight.shape[0], fit=cfg.w_fit)
         # The raw image entering the first layer stays in floating point.
-        input_q = nn.Identity() if name == first else build_act_quantizer(a_bits, cfg.act_method, cfg.lsq_init)
+        input_q = nn.Identity() if name == first else act_quantizer(name, a_bits)
         if isinstance(module, PackedInProjection):
             module.weight_quantizer, module.input_quantizer = weight_q, input_q
         else:
@@ -109,7 +121,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
         for name, core in model.named_modules():
             if isinstance(core, AttentionCore) and not any(p.search(name) for p in skip):
                 for slot in ('query_quantizer', 'key_quantizer', 'prob_quantizer', 'value_quantizer'):
-                    setattr(core, slot, build_act_quantizer(cfg.a_bits, cfg.act_method, cfg.lsq_init))
+                    setattr(core, slot, act_quantizer(name, cfg.a_bits))
     model.__dict__['_mimiq_quant_cfg'] = cfg
     return model
 
