@@ -183,6 +183,30 @@ def test_unquantized_student_reproduces_teacher(tmp_path, base, arch, task):
         assert own['rois'].shape[1] == 5
 
 
+
+def test_detector_box_head_starts_from_min_max_unless_told(tmp_path):
+    """The detection task's activation starts: by default the RoI box head's LSQ quantizers start
+    from min-max and every other one by lsq_init, and the calibration log names it;
+    ``module_lsq_init={}`` puts every quantizer on lsq_init, an explicit dict replaces the task's."""
+    from mimiq_mm.quant import LSQActQuantizer, describe_calibration
+
+    def starts(**overrides):
+        model = build_distiller(_tiny_cfg_file(tmp_path, MASK_RCNN_CFG, TINY_MASK_RCNN, TINY_TASK['detection']),
+                                **{'model.allow_random_teacher': True, 'model.teacher_checkpoint': None, **overrides})
+        found = {n: q.init for n, q in model.student.named_modules() if isinstance(q, LSQActQuantizer)}
+        return model, found
+
+    model, default = starts()
+    box = {n: i for n, i in default.items() if n.startswith('roi_head.bbox_head.')}
+    assert box and set(box.values()) == {'minmax'}
+    assert {i for n, i in default.items() if n not in box} == {'mse'}
+    assert "started by module" in describe_calibration(model.student)
+    _, uniform = starts(**{'model.quant.module_lsq_init': {}})
+    assert set(uniform.values()) == {'mse'}
+    _, told = starts(**{'model.quant.module_lsq_init': {'rpn_head': 'mean_abs'}})
+    assert {i for n, i in told.items() if n.startswith('rpn_head')} == {'mean_abs'}
+    assert {i for n, i in told.items() if not n.startswith('rpn_head')} == {'mse'}
+
 def test_real_segmentation_batches_calibrate_at_one_size(tmp_path):
     """Real-data fine-tuning of a segmentor: the train pipeline's random crops differ in size and
     only the training preprocessor pads them to one; calibration prepares real batches that way."""

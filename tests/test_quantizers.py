@@ -130,6 +130,21 @@ def test_lsq_init_is_a_quant_option():
     assert [m.init for m in default.modules() if isinstance(m, LSQActQuantizer)] == ['minmax']
 
 
+
+def test_module_lsq_init_sets_the_start_of_matching_modules():
+    """The first regex that matches a module's name gives its activation quantizers' start (the
+    attention matmul inputs by the attention module's name); the others keep lsq_init."""
+    model = quantize_model(make_vit(), w_bits=4, a_bits=4, module_lsq_init={r'blocks\.1\.attn': 'minmax',
+                                                                              r'head': 'mean_abs'})
+    starts = {name: m.init for name, m in model.named_modules() if isinstance(m, LSQActQuantizer)}
+    attn1 = {n: i for n, i in starts.items() if 'blocks.1.attn' in n}
+    assert attn1 and set(attn1.values()) == {'minmax'}
+    assert any(n.endswith('mimiq_core.prob_quantizer') for n in attn1)
+    assert {i for n, i in starts.items() if n.startswith('head')} == {'mean_abs'}
+    assert {i for n, i in starts.items() if 'blocks.1.attn' not in n and not n.startswith('head')} == {'mse'}
+    with pytest.raises(ValueError, match=r"module_lsq_init\['head'\]"):
+        QuantConfig(module_lsq_init={'head': 'percentile'})
+
 def _heavy_tailed(seed, n=4096):
     """A GELU-like activation: a dense bulk near zero and rare large values."""
     g = torch.Generator().manual_seed(seed)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ..apis import init_model, load_weights
 from ..attention import install_attention_capture
-from ..quant import quantize_model, quantizers_initialized
+from ..quant import QuantConfig, quantize_model, quantizers_initialized
 from ..models import calibrate_activations
 from .attention_stats import plain_forward
 from .errors import AnalysisInputError
@@ -178,7 +178,8 @@ def config_model(config, checkpoint=None, cfg_options=None, device='auto', input
                           'the model keeps its initial weights')
         install_attention_capture(model)
         teacher, task = model, build_task(model)
-        student = quantize_model(copy.deepcopy(model), **quant).eval() if with_student else None
+        student = (quantize_model(copy.deepcopy(model), QuantConfig.from_any(quant).with_task_starts(task)).eval()
+                   if with_student else None)
     pre = model.data_preprocessor if isinstance(model, QuantDistiller) else getattr(teacher, 'data_preprocessor', None)
     mean, std = _normalisation(pre)
     synthesis_size = size_hw(((cfg.get('train_cfg') or {}).get('synthesis') or {}).get('image_size'))

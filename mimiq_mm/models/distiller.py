@@ -95,7 +95,7 @@ class QuantDistiller(BaseModel):
                              getattr(teacher, 'data_preprocessor', nn.Identity()), augment))
         self.task = build_task(teacher, task)
         install_attention_capture(teacher)
-        self.quant_cfg = QuantConfig.from_any(quant)
+        self.quant_cfg = QuantConfig.from_any(quant).with_task_starts(self.task)
         student = copy.deepcopy(teacher)
         quantize_model(student, self.quant_cfg)
         self.teacher = teacher

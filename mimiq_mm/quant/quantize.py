@@ -7,10 +7,11 @@ attention matmul (q and k of q·kᵀ; probabilities and v of attn·v). LayerNorm
 residual additions stay in floating point, and the raw image entering the first layer is not
 quantized.
 """
+import dataclasses
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -36,8 +37,11 @@ class QuantConfig:
             clipped range with the smallest quantization error on the calibration batches),
             'mean_abs' (LSQ: ``2·mean|x|/√q_max``, the notes' lineage) or 'minmax' (the min-max
             PTQ range; fine-tuning from it can end far below it, benchmarks/cifar10/README.md).
-        module_lsq_init (dict): regexes of module names → LSQ start of the activation quantizers
-            of those modules (the first that matches); the others start by ``lsq_init``.
+        module_lsq_init (dict | None): regexes of module names → LSQ start of the activation
+            quantizers of those modules (the first that matches); the others start by ``lsq_init``.
+            None (default): the task's own (:attr:`TaskAdapter.activation_starts`, e.g. the
+            detector's box head starts from min-max) where a task is known, else none; ``{}``:
+            ``lsq_init`` everywhere.
         w_fit (str): weight ranges: 'mse' (default; per channel, the clipping with the smallest
             quantization error, fitted on the weight itself) or 'minmax' (the notes' lineage).
         keep_first_last_8bit (bool): keep the first and last layer at 8 bits.
@@ -48,7 +52,7 @@ class QuantConfig:
     a_bits: int = 4
     act_method: str = 'lsq'
     lsq_init: str = 'mse'
-    module_lsq_init: dict = field(default_factory=dict)
+    module_lsq_init: Optional[dict] = None
     w_fit: str = 'mse'
     keep_first_last_8bit: bool = False
     quantize_attention: bool = True
@@ -62,11 +66,18 @@ class QuantConfig:
         if self.lsq_init not in LSQ_INITS:
             hint = "; 'auto' (a choice between two starts) was replaced by 'mse'" if self.lsq_init == 'auto' else ''
             raise ValueError(f'lsq_init must be one of {list(LSQ_INITS)} (got {self.lsq_init!r}){hint}')
-        for pattern, init in dict(self.module_lsq_init).items():
+        for pattern, init in dict(self.module_lsq_init or {}).items():
             if init not in LSQ_INITS:
                 raise ValueError(f'module_lsq_init[{pattern!r}] must be one of {list(LSQ_INITS)} (got {init!r})')
         if self.w_fit not in WEIGHT_FITS:
             raise ValueError(f'w_fit must be one of {list(WEIGHT_FITS)} (got {self.w_fit!r})')
+
+    def with_task_starts(self, task):
+        """This config, with the task's LSQ starts (``task.activation_starts``) where
+        ``module_lsq_init`` is None."""
+        if self.module_lsq_init is not None:
+            return self
+        return dataclasses.replace(self, module_lsq_init=dict(getattr(task, 'activation_starts', {}) or {}))
 
     @classmethod
     def from_any(cls, cfg):
@@ -94,7 +105,7 @@ def quantize_model(model: nn.Module, cfg=None, **kwargs) -> nn.Module:
     """
     cfg = QuantConfig.from_any(cfg if cfg is not None else kwargs)
     skip = [re.compile(p) for p in cfg.skip]
-    starts = [(re.compile(p), init) for p, init in dict(cfg.module_lsq_init).items()]
+    starts = [(re.compile(p), init) for p, init in dict(cfg.module_lsq_init or {}).items()]
 
     def act_quantizer(name, bits):
         init = next((i for p, i in starts if p.search(name)), cfg.lsq_init)
@@ -195,7 +206,11 @@ def describe_calibration(model) -> str:
         acts[kind] = acts.get(kind, 0) + 1
     weights = quantizers(model, WeightQuantizer)
     clipped = [q.clip for q in weights if q.fit != 'minmax']
-    text = 'activations: ' + ', '.join(f'{n} {k}' for k, n in acts.items()) + f'; weights: {len(weights)} quantizers'
+    text = 'activations: ' + ', '.join(f'{n} {k}' for k, n in acts.items())
+    by_module = (quant_config_of(model) or QuantConfig(module_lsq_init={})).module_lsq_init
+    if by_module:
+        text += ' (started by module: ' + ', '.join(f"{p!r}: '{i}'" for p, i in by_module.items()) + ')'
+    text += f'; weights: {len(weights)} quantizers'
     if clipped:
         ratios = torch.cat([c.flatten() for c in clipped]).float()
         text += (f", {len(clipped)} with least-squared-error steps (w_fit='mse'; step / min-max step: median "

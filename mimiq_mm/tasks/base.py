@@ -22,6 +22,9 @@ class TaskAdapter:
     name = ''
     #: order of auto-detection (higher first); the catch-all classification task is lowest
     priority = 0
+    #: regexes of module names → LSQ start of their activation quantizers where it must differ from
+    #: ``QuantConfig.lsq_init`` (applied when ``module_lsq_init`` is left None)
+    activation_starts = {}
 
     @classmethod
     def matches(cls, model) -> bool:
