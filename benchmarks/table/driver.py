@@ -10,7 +10,7 @@ import traceback
 
 from mmengine.utils.dl_utils import collect_env
 
-from ..provenance import provenance
+from ..provenance import git_commit, provenance
 from .lanes import UnitClaims, file_lock
 from .plan import Unit, make_plan, selected
 from .report import checks_on_rows, fmt_seconds, markdown, run_checks, summarise, synthetic_set_records
@@ -86,6 +86,7 @@ class Benchmark:
                              f'{self.recipe.scale_name!r}; give another --work-dir (two scales do not mix)')
         self.invocation = dict(id=f'{time.time():.3f}-{os.getpid()}',
                                command=' '.join(shlex.quote(c) for c in command), started=now_iso(),
+                               commit=git_commit()[0],  # the units it runs carry it; a table can mix commits
                                scale=self.recipe.scale_name, overrides=self.recipe.overrides, stages=self.stages,
                                only=self.only, device=device_words(),
                                environment={k: str(v) for k, v in collect_env().items()
@@ -262,7 +263,7 @@ class Benchmark:
             result, kind=unit.kind, key=unit.key, teacher=unit.teacher, row=unit.row, bits=unit.bits,
             seed=unit.seed, settings=jsonable(self.settings(unit)), settings_hash=fingerprint(self.settings(unit)),
             seconds=round(seconds, 2), finished=now_iso(), device=self.invocation['device'],
-            command=self.invocation['command']))
+            command=self.invocation['command'], commit=self.invocation.get('commit')))
         self.log(f'finished {unit.name} in {fmt_seconds(seconds)}')
         if unit.kind == 'eval' and not self.lane:  # lanes leave the report to their driver
             self.report(quiet=True)

@@ -220,6 +220,7 @@ def markdown(data, labels, teacher_labels):
                               for k, v in sorted(data['timings'].items())]), '',
               '## Command lines', '']
     lines += [f'- `{inv["command"]}` — {inv.get("started")}, {fmt_seconds(inv.get("seconds"))}, {inv.get("device")}'
+              + (f', commit {inv["commit"]}' if inv.get('commit') else '')
               for inv in data['invocations']]
     lines.append('')
     return '\n'.join(lines)
