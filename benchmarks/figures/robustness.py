@@ -83,7 +83,7 @@ def robustness_table(*args):
                 lines.append('| ' + threads_cell + f"{c['teacher']} ({fp:.2f}) | "
                              f"{bits_label(c['bits'])} | " + f"{metric_names.get(metric, metric)} | " * several
                              + f"{c['ptq']:.2f} | {c['default']:.2f} | {c['fixed'][0]:.2f} | {c['fixed'][1]:.2f} | "
-                               f"{-c['below_best_fixed']:+.2f} |")
+                               f"{-c['below_best_fixed']:+.2f} |".replace('-0.00', '+0.00'))
     if not cells:
         return lines + ['', 'No complete cell yet.']
     n, above, within_1, worst = check_counts(cells)
