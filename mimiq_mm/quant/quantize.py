@@ -207,7 +207,7 @@ def describe_calibration(model) -> str:
     weights = quantizers(model, WeightQuantizer)
     clipped = [q.clip for q in weights if q.fit != 'minmax']
     text = 'activations: ' + ', '.join(f'{n} {k}' for k, n in acts.items())
-    by_module = (quant_config_of(model) or QuantConfig(module_lsq_init={})).module_lsq_init
+    by_module = getattr(quant_config_of(model), 'module_lsq_init', None)
     if by_module:
         text += ' (started by module: ' + ', '.join(f"{p!r}: '{i}'" for p, i in by_module.items()) + ')'
     text += f'; weights: {len(weights)} quantizers'
