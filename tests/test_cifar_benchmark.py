@@ -87,6 +87,9 @@ def test_first_run_writes_every_requested_row(bench):
     record = data['provenance']  # the code, the CPU kind and the libraries the figures came from
     assert record['command'].startswith('python -m benchmarks.cifar10_table') and record['commit']
     assert {'model', 'avx2', 'avx512', 'vnni', 'amx'} <= set(record['cpu']) and record['versions']['torch']
+    # a table can mix invocations: each one, and each unit it ran, names the commit that ran it
+    assert data['invocations'][0]['commit'] == record['commit'] and f"commit {record['commit']}" in md
+    assert {rec['commit'] for rec in data['results']} == {record['commit']}
     assert any(k.startswith('quant/vit/mimiq') for k in data['timings'])
     checks = {c['check']: c for c in data['checks'] if c['bits'] == 'w3a3'}
     mimiq, noise = (data['summary']['vit'][r]['w3a3']['accuracy/top1']['mean'] for r in ('mimiq', 'noise_ptq'))
