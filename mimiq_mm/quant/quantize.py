@@ -7,10 +7,9 @@ attention matmul (q and k of q·kᵀ; probabilities and v of attn·v). LayerNorm
 residual additions stay in floating point, and the raw image entering the first layer is not
 quantized.
 """
-import dataclasses
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import torch
@@ -77,7 +76,7 @@ class QuantConfig:
         ``module_lsq_init`` is None."""
         if self.module_lsq_init is not None:
             return self
-        return dataclasses.replace(self, module_lsq_init=dict(getattr(task, 'activation_starts', {}) or {}))
+        return replace(self, module_lsq_init=dict(getattr(task, 'activation_starts', {}) or {}))
 
     @classmethod
     def from_any(cls, cfg):
@@ -209,7 +208,7 @@ def describe_calibration(model) -> str:
     text = 'activations: ' + ', '.join(f'{n} {k}' for k, n in acts.items())
     by_module = getattr(quant_config_of(model), 'module_lsq_init', None)
     if by_module:
-        text += ' (started by module: ' + ', '.join(f"{p!r}: '{i}'" for p, i in by_module.items()) + ')'
+        text += ' (started by module: ' + ', '.join(f"{p} → {i}" for p, i in by_module.items()) + ')'
     text += f'; weights: {len(weights)} quantizers'
     if clipped:
         ratios = torch.cat([c.flatten() for c in clipped]).float()
