@@ -144,6 +144,8 @@ def test_module_lsq_init_sets_the_start_of_matching_modules():
     assert {i for n, i in starts.items() if 'blocks.1.attn' not in n and not n.startswith('head')} == {'mse'}
     with pytest.raises(ValueError, match=r"module_lsq_init\['head'\]"):
         QuantConfig(module_lsq_init={'head': 'percentile'})
+    with pytest.raises(ValueError, match='not a regular expression'):
+        QuantConfig(module_lsq_init={'blocks.(1': 'minmax'})
 
 def _heavy_tailed(seed, n=4096):
     """A GELU-like activation: a dense bulk near zero and rare large values."""

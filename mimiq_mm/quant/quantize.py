@@ -66,6 +66,11 @@ class QuantConfig:
             hint = "; 'auto' (a choice between two starts) was replaced by 'mse'" if self.lsq_init == 'auto' else ''
             raise ValueError(f'lsq_init must be one of {list(LSQ_INITS)} (got {self.lsq_init!r}){hint}')
         for pattern, init in dict(self.module_lsq_init or {}).items():
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f'module_lsq_init: {pattern!r} is not a regular expression of module names '
+                                 f"({err}); e.g. r'roi_head\\.bbox_head\\.'") from err
             if init not in LSQ_INITS:
                 raise ValueError(f'module_lsq_init[{pattern!r}] must be one of {list(LSQ_INITS)} (got {init!r})')
         if self.w_fit not in WEIGHT_FITS:
